@@ -1,0 +1,94 @@
+//! The bus: CBOR messages (`bus-schema`) over ZeroMQ, behind one small adapter.
+//!
+//! This is the only crate that touches ZeroMQ. It uses the `zmq` crate (libzmq,
+//! built from source by `zmq-sys`) because the pure-Rust `zeromq` crate does not
+//! reconnect a DEALER when the bound peer restarts and has no high-water marks
+//! (see ARCHITECTURE.md). It knows envelopes and correlation, not what any request
+//! means: that is the store's and the callers' business.
+//!
+//! - [`BusServer`]: a ROUTER socket bound by the store; single-threaded, polled by
+//!   the store's event loop, replies may be sent in any order and at any time.
+//! - [`BusClient`]: a DEALER socket owned by one I/O thread; any number of threads
+//!   or async tasks submit requests through a bounded queue and wait for their
+//!   own reply. Every request has a deadline; a peer that restarts or vanishes
+//!   produces timeouts, never a hang.
+
+mod client;
+mod server;
+
+pub use client::{BusClient, BusClientConfig};
+pub use server::{BusServer, Incoming, PeerId};
+
+use bus_schema::{CodecError, ErrorReply};
+
+/// Errors of the bus adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("no answer from the store within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("the bus client is closed")]
+    Closed,
+    #[error("the bus cannot take more requests now: {0}")]
+    Backpressure(String),
+    #[error("{0}")]
+    Codec(#[from] CodecError),
+    #[error("ZeroMQ error on {endpoint}: {source}")]
+    Zmq {
+        endpoint: String,
+        source: zmq::Error,
+    },
+    #[error("invalid bus endpoint {endpoint}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    /// The store answered with an error.
+    #[error("{0}")]
+    Remote(ErrorReply),
+}
+
+impl BusError {
+    fn zmq(endpoint: &str, source: zmq::Error) -> Self {
+        BusError::Zmq {
+            endpoint: endpoint.to_string(),
+            source,
+        }
+    }
+}
+
+/// Longest path an `ipc://` endpoint may have (Linux `sun_path` is 108 bytes,
+/// including the terminating NUL).
+pub const IPC_PATH_BYTES_MAX: usize = 107;
+
+/// Checks an endpoint before ZeroMQ sees it, so a too-long socket path gets a
+/// clear error instead of a bare `EINVAL`.
+pub fn check_endpoint(endpoint: &str) -> Result<(), BusError> {
+    if let Some(path) = endpoint.strip_prefix("ipc://") {
+        if path.len() > IPC_PATH_BYTES_MAX {
+            return Err(BusError::Endpoint {
+                endpoint: endpoint.to_string(),
+                reason: format!(
+                    "socket path is {} bytes; Unix sockets allow at most {IPC_PATH_BYTES_MAX} \
+                     (choose a shorter STREAM_MANAGER_STORE_ROOT_DIR)",
+                    path.len()
+                ),
+            });
+        }
+    } else if !endpoint.starts_with("tcp://") {
+        return Err(BusError::Endpoint {
+            endpoint: endpoint.to_string(),
+            reason: "only ipc:// and tcp:// endpoints are supported".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The store's bus endpoint under a store root directory.
+pub fn store_endpoint(root: &std::path::Path) -> String {
+    format!("ipc://{}", root.join("bus").join("store.sock").display())
+}
+
+/// Unix time now, in milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,108 @@
+//! The store process's settings, read from the Greengrass-named environment
+//! variables and validated at start-up (every problem reported at once).
+
+use std::path::{Path, PathBuf};
+
+/// Store root used when `STREAM_MANAGER_STORE_ROOT_DIR` is not set, relative to
+/// the working directory.
+pub const STORE_ROOT_DIR_DEFAULT: &str = "stream-manager-data";
+
+/// Log levels `LOG_LEVEL` accepts (Greengrass names).
+pub const LOG_LEVELS: [&str; 5] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Absolute store root directory.
+    pub root: PathBuf,
+    /// `tracing` filter directive derived from `LOG_LEVEL`.
+    pub log_filter: String,
+}
+
+impl StoreConfig {
+    /// Reads the settings from a variable lookup (the environment in `main`).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let root = match get("STREAM_MANAGER_STORE_ROOT_DIR") {
+            Some(v) if v.trim().is_empty() => {
+                problems.push("STREAM_MANAGER_STORE_ROOT_DIR is set but empty".to_string());
+                PathBuf::new()
+            }
+            Some(v) => PathBuf::from(v),
+            None => PathBuf::from(STORE_ROOT_DIR_DEFAULT),
+        };
+        let root = if root.is_absolute() {
+            root
+        } else {
+            std::env::current_dir()
+                .map(|d| d.join(&root))
+                .unwrap_or(root)
+        };
+        let log_filter = match get("LOG_LEVEL") {
+            None => "info".to_string(),
+            Some(level) => {
+                let upper = level.trim().to_ascii_uppercase();
+                if LOG_LEVELS.contains(&upper.as_str()) {
+                    upper.to_ascii_lowercase()
+                } else {
+                    problems.push(format!(
+                        "LOG_LEVEL {level:?} is not one of {}",
+                        LOG_LEVELS.join(", ")
+                    ));
+                    "info".to_string()
+                }
+            }
+        };
+        if problems.is_empty() {
+            Ok(Self { root, log_filter })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn db_dir(&self) -> PathBuf {
+        self.root.join("db")
+    }
+
+    pub fn endpoint(&self) -> String {
+        bus::store_endpoint(&self.root)
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join("store.lock")
+    }
+}
+
+/// Creates `dir` (and parents) with owner-only permissions, and tightens an
+/// existing one.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = StoreConfig::from_lookup(|k| match k {
+            "STREAM_MANAGER_STORE_ROOT_DIR" => Some("  ".into()),
+            "LOG_LEVEL" => Some("LOUD".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert_eq!(err.len(), 2, "{err:?}");
+    }
+
+    #[test]
+    fn defaults() {
+        let c = StoreConfig::from_lookup(|_| None).unwrap();
+        assert!(c.root.is_absolute());
+        assert!(c.root.ends_with(STORE_ROOT_DIR_DEFAULT));
+        assert_eq!(c.log_filter, "info");
+    }
+}

@@ -1,0 +1,932 @@
+//! The storage engine: streams, their data, segments, trimming and export
+//! cursors, on fjall (File streams) or in memory (Memory streams).
+//!
+//! Single-threaded by design: the store's event loop owns it and calls it
+//! with batches. It knows nothing of ZeroMQ or of the SDK wire format. A write
+//! that fjall refuses is fatal (`EngineError::Storage`): the engine's memory may
+//! then be ahead of the disk, so the process must exit and be restarted, which
+//! reopens a consistent database (fjall's own advice after a failed write).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+use bus_schema::{
+    ErrorKind, ErrorReply, ExportProgress, ExportStatus, Message, Persistence, StorageStatus,
+    StrategyOnFull, StreamDefinition, StreamInfo, MESSAGE_PAYLOAD_BYTES_MAX,
+    READ_RESPONSE_BYTES_TARGET,
+};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::keys::*;
+use crate::validate;
+
+/// Bytes counted per message on top of its payload (key, ingest time and
+/// bookkeeping), so that `maxSize` bounds memory and disk even for tiny
+/// messages.
+pub const RECORD_OVERHEAD_BYTES: u64 = 32;
+
+/// Data keys removed per garbage-collection step (bounds the time one step
+/// holds the event loop).
+pub const GC_KEYS_PER_STEP: u64 = 4096;
+
+/// fjall block cache, in bytes.
+pub const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// Memtable size of the data keyspace, in bytes.
+pub const DATA_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// Memtable size of the small keyspaces, in bytes.
+pub const SMALL_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
+/// Journal size after which fjall flushes memtables, in bytes.
+pub const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request is refused; nothing changed.
+    #[error("{0}")]
+    Refused(ErrorReply),
+    /// The database failed; the process must exit.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl From<ErrorReply> for EngineError {
+    fn from(e: ErrorReply) -> Self {
+        EngineError::Refused(e)
+    }
+}
+
+impl From<fjall::Error> for EngineError {
+    fn from(e: fjall::Error) -> Self {
+        EngineError::Storage(e.to_string())
+    }
+}
+
+/// A database that cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the store database at {path}: {reason}")]
+pub struct OpenError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+fn not_found(name: &str) -> EngineError {
+    EngineError::Refused(ErrorReply::new(
+        ErrorKind::ResourceNotFound,
+        format!("stream {name:?} does not exist"),
+    ))
+}
+
+fn invalid(message: impl Into<String>) -> EngineError {
+    EngineError::Refused(ErrorReply::new(ErrorKind::InvalidRequest, message))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    first: u64,
+    rec: SegmentRecord,
+}
+
+struct MemRecord {
+    ingest_ms: u64,
+    payload: Vec<u8>,
+}
+
+struct Stream {
+    id: u64,
+    created_ms: u64,
+    def: StreamDefinition,
+    /// First readable sequence number.
+    oldest: u64,
+    /// Next sequence number to assign.
+    next: u64,
+    segments: VecDeque<Segment>,
+    total_bytes: u64,
+    /// Records `oldest..next` of a Memory stream.
+    mem: Option<VecDeque<MemRecord>>,
+    cursors: BTreeMap<String, ExportStatus>,
+}
+
+impl Stream {
+    fn is_file(&self) -> bool {
+        self.mem.is_none()
+    }
+    fn max_size(&self) -> u64 {
+        self.def.max_size_bytes.unwrap_or(0).max(0) as u64
+    }
+    fn segment_size(&self) -> u64 {
+        (self.def.segment_size_bytes.unwrap_or(0).max(0) as u64).min(self.max_size())
+    }
+    fn strategy(&self) -> StrategyOnFull {
+        self.def
+            .strategy_on_full
+            .unwrap_or(StrategyOnFull::RejectNewData)
+    }
+    fn storage_status(&self) -> StorageStatus {
+        StorageStatus {
+            oldest_sequence_number: self.oldest as i64,
+            newest_sequence_number: self.next as i64 - 1,
+            total_bytes: self.total_bytes as i64,
+        }
+    }
+    fn default_status(&self, identifier: &str) -> ExportStatus {
+        let start = self
+            .def
+            .exports
+            .all()
+            .into_iter()
+            .find(|(_, c)| c.identifier == identifier)
+            .and_then(|(_, c)| c.start_sequence_number)
+            .unwrap_or(0);
+        ExportStatus {
+            export_identifier: identifier.to_string(),
+            last_exported_sequence_number: start - 1,
+            last_export_time_ms: None,
+            error_message: None,
+            exported_bytes: 0,
+            exported_messages: 0,
+        }
+    }
+    fn info(&self) -> StreamInfo {
+        let export_statuses = self
+            .def
+            .exports
+            .all()
+            .into_iter()
+            .map(|(_, c)| {
+                self.cursors
+                    .get(&c.identifier)
+                    .cloned()
+                    .unwrap_or_else(|| self.default_status(&c.identifier))
+            })
+            .collect();
+        StreamInfo {
+            definition: self.def.clone(),
+            storage: self.storage_status(),
+            export_statuses,
+        }
+    }
+}
+
+/// One append of a batch.
+pub struct AppendItem<'a> {
+    pub stream: &'a str,
+    pub payload: &'a [u8],
+}
+
+/// The outcome of one append of a batch.
+pub type AppendResult = Result<(i64, i64), ErrorReply>;
+
+struct GcJob {
+    sid: u64,
+    from: u64,
+    to: u64,
+}
+
+/// Counters the store reports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EngineStats {
+    pub appends: u64,
+    pub syncs: u64,
+    pub segments_dropped: u64,
+}
+
+pub struct Engine {
+    path: PathBuf,
+    db: Database,
+    ks_streams: Keyspace,
+    ks_state: Keyspace,
+    ks_data: Keyspace,
+    ks_meta: Keyspace,
+    streams: BTreeMap<String, Stream>,
+    next_stream_id: u64,
+    gc: VecDeque<GcJob>,
+    pub stats: EngineStats,
+}
+
+fn now_ms() -> u64 {
+    bus::unix_ms()
+}
+
+impl Engine {
+    /// Opens (or creates) the database in `dir` and loads every definition,
+    /// segment table and cursor. Reads no message data.
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        let fail = |reason: String| OpenError {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        let db = Database::builder(dir)
+            .cache_size(CACHE_BYTES)
+            .max_journaling_size(JOURNAL_BYTES_MAX)
+            .worker_threads(1)
+            .open()
+            .map_err(|e| fail(e.to_string()))?;
+        let small = || KeyspaceCreateOptions::default().max_memtable_size(SMALL_MEMTABLE_BYTES);
+        let ks_streams = db
+            .keyspace(KS_STREAMS, small)
+            .map_err(|e| fail(e.to_string()))?;
+        let ks_state = db
+            .keyspace(KS_STATE, small)
+            .map_err(|e| fail(e.to_string()))?;
+        let ks_meta = db
+            .keyspace(KS_META, small)
+            .map_err(|e| fail(e.to_string()))?;
+        let ks_data = db
+            .keyspace(KS_DATA, || {
+                KeyspaceCreateOptions::default().max_memtable_size(DATA_MEMTABLE_BYTES)
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        let mut engine = Engine {
+            path: dir.to_path_buf(),
+            db,
+            ks_streams,
+            ks_state,
+            ks_data,
+            ks_meta,
+            streams: BTreeMap::new(),
+            next_stream_id: 1,
+            gc: VecDeque::new(),
+            stats: EngineStats::default(),
+        };
+        engine.load().map_err(fail)?;
+        Ok(engine)
+    }
+
+    fn load(&mut self) -> Result<(), String> {
+        if let Some(v) = self
+            .ks_meta
+            .get(META_NEXT_STREAM_ID)
+            .map_err(|e| e.to_string())?
+        {
+            self.next_stream_id = u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| "meta next_stream_id is not 8 bytes".to_string())?,
+            );
+        }
+        let mut by_id: HashMap<u64, String> = HashMap::new();
+        for item in self.ks_streams.iter() {
+            let (k, v) = item.into_inner().map_err(|e| e.to_string())?;
+            let name = String::from_utf8(k.to_vec()).map_err(|_| "stream key is not UTF-8")?;
+            let rec: StreamRecord =
+                from_cbor(&v).map_err(|e| format!("stream record {name:?}: {e}"))?;
+            let memory = rec.definition.persistence == Some(Persistence::Memory);
+            by_id.insert(rec.id, name.clone());
+            self.streams.insert(
+                name,
+                Stream {
+                    id: rec.id,
+                    created_ms: rec.created_ms,
+                    def: rec.definition,
+                    oldest: 0,
+                    next: 0,
+                    segments: VecDeque::new(),
+                    total_bytes: 0,
+                    mem: memory.then(VecDeque::new),
+                    cursors: BTreeMap::new(),
+                },
+            );
+        }
+        for item in self.ks_state.iter() {
+            let (k, v) = item.into_inner().map_err(|e| e.to_string())?;
+            let Some(parsed) = parse_state_key(&k) else {
+                return Err(format!("unexpected state key {k:?}"));
+            };
+            let sid = match parsed {
+                StateKey::State(s) | StateKey::Segment(s, _) | StateKey::Cursor(s, _) => s,
+            };
+            // State of a deleted stream whose removal was interrupted: skip.
+            let Some(stream) = by_id.get(&sid).and_then(|n| self.streams.get_mut(n)) else {
+                continue;
+            };
+            match parsed {
+                StateKey::State(_) => {
+                    let st: StreamState = from_cbor(&v)?;
+                    stream.oldest = st.oldest;
+                    stream.next = stream.next.max(st.next_floor).max(st.oldest);
+                }
+                StateKey::Segment(_, first) => {
+                    let rec: SegmentRecord = from_cbor(&v)?;
+                    stream.next = stream.next.max(rec.last + 1);
+                    stream.total_bytes += rec.bytes;
+                    stream.segments.push_back(Segment { first, rec });
+                }
+                StateKey::Cursor(_, id) => {
+                    let status: ExportStatus = from_cbor(&v)?;
+                    stream.cursors.insert(id.to_string(), status);
+                }
+            }
+        }
+        for item in self.ks_meta.prefix(META_GC_PREFIX) {
+            let (k, v) = item.into_inner().map_err(|e| e.to_string())?;
+            let (sid, from) = parse_gc_key(&k).ok_or("malformed gc key")?;
+            let to = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| "malformed gc value")?);
+            self.gc.push_back(GcJob { sid, from, to });
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        self.streams.keys().cloned().collect()
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.streams.contains_key(name)
+    }
+
+    pub fn describe(&self, name: &str) -> Result<StreamInfo, EngineError> {
+        self.streams
+            .get(name)
+            .map(Stream::info)
+            .ok_or_else(|| not_found(name))
+    }
+
+    pub fn describe_all(&self) -> Vec<StreamInfo> {
+        self.streams.values().map(Stream::info).collect()
+    }
+
+    pub fn create(&mut self, def: &StreamDefinition) -> Result<(), EngineError> {
+        if self.streams.contains_key(&def.name) {
+            validate::check_name("stream name", &def.name)?;
+            return Err(invalid(format!("stream {:?} already exists", def.name)));
+        }
+        let def = validate::normalize(def, &|n| self.streams.contains_key(n))?;
+        let id = self.next_stream_id;
+        let created_ms = now_ms();
+        let memory = def.persistence == Some(Persistence::Memory);
+        let mut batch = self.db.batch();
+        batch.insert(
+            &self.ks_meta,
+            META_NEXT_STREAM_ID,
+            (id + 1).to_be_bytes().to_vec(),
+        );
+        batch.insert(
+            &self.ks_streams,
+            def.name.as_bytes(),
+            cbor(&StreamRecord {
+                id,
+                created_ms,
+                definition: def.clone(),
+            }),
+        );
+        if !memory {
+            batch.insert(
+                &self.ks_state,
+                state_key(id),
+                cbor(&StreamState {
+                    oldest: 0,
+                    next_floor: 0,
+                }),
+            );
+        }
+        batch.commit()?;
+        self.next_stream_id = id + 1;
+        self.streams.insert(
+            def.name.clone(),
+            Stream {
+                id,
+                created_ms,
+                def,
+                oldest: 0,
+                next: 0,
+                segments: VecDeque::new(),
+                total_bytes: 0,
+                mem: memory.then(VecDeque::new),
+                cursors: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn update(&mut self, def: &StreamDefinition) -> Result<(), EngineError> {
+        let new = validate::normalize(def, &|n| self.streams.contains_key(n))?;
+        let stream = self
+            .streams
+            .get(&def.name)
+            .ok_or_else(|| not_found(&def.name))?;
+        validate::check_update(&stream.def, &new, stream.total_bytes, stream.next)?;
+        let old_starts: HashMap<String, Option<i64>> = stream
+            .def
+            .exports
+            .all()
+            .into_iter()
+            .map(|(_, c)| (c.identifier.clone(), c.start_sequence_number))
+            .collect();
+        let new_ids: HashMap<String, Option<i64>> = new
+            .exports
+            .all()
+            .into_iter()
+            .map(|(_, c)| (c.identifier.clone(), c.start_sequence_number))
+            .collect();
+        let (sid, is_file, created_ms) = (stream.id, stream.is_file(), stream.created_ms);
+        // Cursors of removed exports, and of exports whose start moved, reset.
+        let reset: Vec<String> = stream
+            .cursors
+            .keys()
+            .filter(|id| match (old_starts.get(*id), new_ids.get(*id)) {
+                (Some(old), Some(new)) => old != new,
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        let mut batch = self.db.batch();
+        batch.insert(
+            &self.ks_streams,
+            new.name.as_bytes(),
+            cbor(&StreamRecord {
+                id: sid,
+                created_ms,
+                definition: new.clone(),
+            }),
+        );
+        if is_file {
+            for id in &reset {
+                batch.remove(&self.ks_state, cursor_key(sid, id));
+            }
+        }
+        batch.commit()?;
+        let stream = self
+            .streams
+            .get_mut(&def.name)
+            .ok_or_else(|| not_found(&def.name))?;
+        stream.def = new;
+        for id in &reset {
+            stream.cursors.remove(id);
+        }
+        // A smaller TTL or size may evict segments now.
+        let now = now_ms();
+        self.enforce_limits(&def.name, now)?;
+        Ok(())
+    }
+
+    pub fn delete(&mut self, name: &str) -> Result<(), EngineError> {
+        let stream = self.streams.get(name).ok_or_else(|| not_found(name))?;
+        let sid = stream.id;
+        let mut batch = self.db.batch();
+        batch.remove(&self.ks_streams, name.as_bytes());
+        let mut job = None;
+        if stream.is_file() {
+            for item in self.ks_state.prefix(sid.to_be_bytes()) {
+                let k = item.key()?;
+                batch.remove(&self.ks_state, k);
+            }
+            if stream.next > stream.oldest {
+                batch.insert(
+                    &self.ks_meta,
+                    gc_key(sid, stream.oldest),
+                    stream.next.to_be_bytes().to_vec(),
+                );
+                job = Some(GcJob {
+                    sid,
+                    from: stream.oldest,
+                    to: stream.next,
+                });
+            }
+        }
+        batch.commit()?;
+        self.streams.remove(name);
+        self.gc.extend(job);
+        Ok(())
+    }
+
+    /// Appends a batch: one fjall write batch for all of it, synced once if
+    /// any stream in it has `flushOnWrite` (group commit). Results are in the
+    /// order of `items`; an item's error leaves the others unaffected.
+    pub fn append_batch(
+        &mut self,
+        items: &[AppendItem<'_>],
+    ) -> Result<(Vec<AppendResult>, Vec<(String, i64)>), EngineError> {
+        let now = now_ms();
+        let mut results = Vec::with_capacity(items.len());
+        let mut batch = self.db.batch();
+        let mut sync = false;
+        let mut touched: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for item in items {
+            let Some(stream) = self.streams.get_mut(item.stream) else {
+                results.push(Err(ErrorReply::new(
+                    ErrorKind::ResourceNotFound,
+                    format!("stream {:?} does not exist", item.stream),
+                )));
+                continue;
+            };
+            match Self::append_one(
+                stream,
+                item.payload,
+                now,
+                &self.ks_data,
+                &mut batch,
+                &mut self.gc,
+                &self.ks_meta,
+                &self.ks_state,
+            ) {
+                Ok((seq, dropped)) => {
+                    self.stats.segments_dropped += dropped;
+                    sync |= stream.is_file() && stream.def.flush_on_write == Some(true);
+                    let firsts = touched.entry(item.stream.to_string()).or_default();
+                    if let Some(seg) = stream.segments.back() {
+                        if !firsts.contains(&seg.first) {
+                            firsts.push(seg.first);
+                        }
+                    }
+                    results.push(Ok((seq as i64, now as i64)));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        let mut newest = Vec::with_capacity(touched.len());
+        for (name, firsts) in touched {
+            let Some(stream) = self.streams.get(&name) else {
+                continue;
+            };
+            newest.push((name, stream.next as i64 - 1));
+            if !stream.is_file() {
+                continue;
+            }
+            for seg in stream.segments.iter().filter(|s| firsts.contains(&s.first)) {
+                batch.insert(
+                    &self.ks_state,
+                    segment_key(stream.id, seg.first),
+                    cbor(&seg.rec),
+                );
+            }
+        }
+        if !batch.is_empty() {
+            if sync {
+                batch = batch.durability(Some(PersistMode::SyncData));
+                self.stats.syncs += 1;
+            }
+            batch.commit()?;
+        }
+        self.stats.appends += results.iter().filter(|r| r.is_ok()).count() as u64;
+        Ok((results, newest))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn append_one(
+        stream: &mut Stream,
+        payload: &[u8],
+        now: u64,
+        ks_data: &Keyspace,
+        batch: &mut fjall::OwnedWriteBatch,
+        gc: &mut VecDeque<GcJob>,
+        ks_meta: &Keyspace,
+        ks_state: &Keyspace,
+    ) -> Result<(u64, u64), ErrorReply> {
+        if payload.is_empty() {
+            return Err(ErrorReply::new(
+                ErrorKind::InvalidRequest,
+                "message payload must not be empty",
+            ));
+        }
+        if payload.len() > MESSAGE_PAYLOAD_BYTES_MAX {
+            return Err(ErrorReply::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "message of {} bytes exceeds the limit of {MESSAGE_PAYLOAD_BYTES_MAX} bytes",
+                    payload.len()
+                ),
+            ));
+        }
+        let size = payload.len() as u64 + RECORD_OVERHEAD_BYTES;
+        let max = stream.max_size();
+        if size > max {
+            return Err(ErrorReply::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "message of {} bytes (+{RECORD_OVERHEAD_BYTES} bytes overhead) can never fit \
+                     in stream {:?} of maxSize {max} bytes",
+                    payload.len(),
+                    stream.def.name
+                ),
+            ));
+        }
+        let mut dropped = 0;
+        if stream.total_bytes + size > max {
+            if stream.strategy() == StrategyOnFull::RejectNewData {
+                return Err(ErrorReply::new(
+                    ErrorKind::StreamFull,
+                    format!(
+                        "stream {:?} is full ({} of {max} bytes used) and its strategyOnFull is \
+                         RejectNewData",
+                        stream.def.name, stream.total_bytes
+                    ),
+                ));
+            }
+            let prev_oldest = stream.oldest;
+            let mut firsts = Vec::new();
+            while stream.total_bytes + size > max {
+                match Self::drop_oldest_segment(stream) {
+                    Some(first) => firsts.push(first),
+                    None => break,
+                }
+            }
+            dropped = firsts.len() as u64;
+            Self::persist_trim(stream, prev_oldest, &firsts, batch, gc, ks_meta, ks_state);
+        }
+        let seq = stream.next;
+        stream.next += 1;
+        let segment_size = stream.segment_size();
+        match stream.segments.back_mut() {
+            Some(seg) if seg.rec.bytes + size <= segment_size => {
+                seg.rec.last = seq;
+                seg.rec.bytes += size;
+                seg.rec.last_ms = now;
+            }
+            _ => stream.segments.push_back(Segment {
+                first: seq,
+                rec: SegmentRecord {
+                    last: seq,
+                    bytes: size,
+                    first_ms: now,
+                    last_ms: now,
+                },
+            }),
+        }
+        stream.total_bytes += size;
+        match &mut stream.mem {
+            Some(mem) => mem.push_back(MemRecord {
+                ingest_ms: now,
+                payload: payload.to_vec(),
+            }),
+            None => batch.insert(ks_data, data_key(stream.id, seq), data_value(now, payload)),
+        }
+        Ok((seq, dropped))
+    }
+
+    /// Drops the oldest segment from memory accounting (and Memory data);
+    /// returns its first sequence number.
+    fn drop_oldest_segment(stream: &mut Stream) -> Option<u64> {
+        let seg = stream.segments.pop_front()?;
+        stream.total_bytes -= seg.rec.bytes;
+        let new_oldest = seg.rec.last + 1;
+        if let Some(mem) = &mut stream.mem {
+            let n = (new_oldest - stream.oldest) as usize;
+            mem.drain(..n.min(mem.len()));
+        }
+        stream.oldest = new_oldest;
+        Some(seg.first)
+    }
+
+    /// Records on disk that a File stream's data from `prev_oldest` up to
+    /// `oldest` is gone: removes the dropped segments' records, writes the new
+    /// bounds and schedules the data keys for removal, all in the caller's
+    /// batch.
+    fn persist_trim(
+        stream: &Stream,
+        prev_oldest: u64,
+        dropped_firsts: &[u64],
+        batch: &mut fjall::OwnedWriteBatch,
+        gc: &mut VecDeque<GcJob>,
+        ks_meta: &Keyspace,
+        ks_state: &Keyspace,
+    ) {
+        if !stream.is_file() || stream.oldest <= prev_oldest {
+            return;
+        }
+        for first in dropped_firsts {
+            batch.remove(ks_state, segment_key(stream.id, *first));
+        }
+        batch.insert(
+            ks_state,
+            state_key(stream.id),
+            cbor(&StreamState {
+                oldest: stream.oldest,
+                next_floor: stream.next,
+            }),
+        );
+        batch.insert(
+            ks_meta,
+            gc_key(stream.id, prev_oldest),
+            stream.oldest.to_be_bytes().to_vec(),
+        );
+        gc.push_back(GcJob {
+            sid: stream.id,
+            from: prev_oldest,
+            to: stream.oldest,
+        });
+    }
+
+    /// Drops segments of `name` that its TTL or its (possibly reduced) size
+    /// no longer allows.
+    fn enforce_limits(&mut self, name: &str, now: u64) -> Result<u64, EngineError> {
+        let Some(stream) = self.streams.get_mut(name) else {
+            return Ok(0);
+        };
+        let prev_oldest = stream.oldest;
+        let ttl = stream.def.time_to_live_ms.map(|t| t.max(0) as u64);
+        let mut firsts = Vec::new();
+        while let Some(first) = stream.segments.front() {
+            let expired = ttl.is_some_and(|ttl| first.rec.last_ms.saturating_add(ttl) < now);
+            if !(expired || stream.total_bytes > stream.max_size()) {
+                break;
+            }
+            firsts.extend(Self::drop_oldest_segment(stream));
+        }
+        let dropped = firsts.len() as u64;
+        if dropped > 0 && stream.is_file() {
+            let mut batch = self.db.batch();
+            Self::persist_trim(
+                stream,
+                prev_oldest,
+                &firsts,
+                &mut batch,
+                &mut self.gc,
+                &self.ks_meta,
+                &self.ks_state,
+            );
+            batch.commit()?;
+        }
+        self.stats.segments_dropped += dropped;
+        Ok(dropped)
+    }
+
+    /// Removes data older than each stream's TTL, whole segments at a time.
+    /// Returns the number of segments dropped.
+    pub fn expire(&mut self, now: u64) -> Result<u64, EngineError> {
+        let names: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.def.time_to_live_ms.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut dropped = 0;
+        for name in names {
+            dropped += self.enforce_limits(&name, now)?;
+        }
+        Ok(dropped)
+    }
+
+    /// Whether background removal of data is pending.
+    pub fn gc_pending(&self) -> bool {
+        !self.gc.is_empty()
+    }
+
+    /// Removes up to `GC_KEYS_PER_STEP` data keys scheduled for removal.
+    pub fn gc_step(&mut self) -> Result<(), EngineError> {
+        let Some(job) = self.gc.front_mut() else {
+            return Ok(());
+        };
+        let end = job.to.min(job.from + GC_KEYS_PER_STEP);
+        let mut batch = self.db.batch();
+        for seq in job.from..end {
+            batch.remove(&self.ks_data, data_key(job.sid, seq).to_vec());
+        }
+        batch.remove(&self.ks_meta, gc_key(job.sid, job.from));
+        if end < job.to {
+            batch.insert(
+                &self.ks_meta,
+                gc_key(job.sid, end),
+                job.to.to_be_bytes().to_vec(),
+            );
+        }
+        batch.commit()?;
+        if end < job.to {
+            job.from = end;
+        } else {
+            self.gc.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Messages readable from `start`, i.e. `next - max(start, oldest)`.
+    pub fn available(&self, name: &str, start: u64) -> Result<u64, EngineError> {
+        let s = self.streams.get(name).ok_or_else(|| not_found(name))?;
+        Ok(s.next.saturating_sub(start.max(s.oldest)))
+    }
+
+    /// Reads up to `max_count` messages from `start` (or the oldest, if
+    /// later), stopping once `READ_RESPONSE_BYTES_TARGET` payload bytes are
+    /// collected (at least one message is returned when one exists).
+    pub fn read(
+        &self,
+        name: &str,
+        start: u64,
+        max_count: u64,
+    ) -> Result<Vec<Message>, EngineError> {
+        let s = self.streams.get(name).ok_or_else(|| not_found(name))?;
+        let from = start.max(s.oldest);
+        let to = s.next.min(from.saturating_add(max_count));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        if from >= to {
+            return Ok(out);
+        }
+        match &s.mem {
+            Some(mem) => {
+                let skip = (from - s.oldest) as usize;
+                for (i, r) in mem.iter().skip(skip).take((to - from) as usize).enumerate() {
+                    if !out.is_empty() && bytes + r.payload.len() > READ_RESPONSE_BYTES_TARGET {
+                        break;
+                    }
+                    bytes += r.payload.len();
+                    out.push(Message {
+                        sequence_number: (from + i as u64) as i64,
+                        ingest_time_ms: r.ingest_ms as i64,
+                        payload: r.payload.clone(),
+                    });
+                }
+            }
+            None => {
+                let lo = data_key(s.id, from);
+                let hi = data_key(s.id, to);
+                for item in self.ks_data.range(lo..hi) {
+                    let (k, v) = item.into_inner().map_err(|e| {
+                        EngineError::Refused(ErrorReply::new(
+                            ErrorKind::StoreReadError,
+                            format!("reading stream {name:?} failed: {e}"),
+                        ))
+                    })?;
+                    let (Some((_, seq)), Some((ms, payload))) =
+                        (parse_data_key(&k), parse_data_value(&v))
+                    else {
+                        return Err(EngineError::Refused(ErrorReply::new(
+                            ErrorKind::StoreReadError,
+                            format!("stream {name:?} has a malformed record"),
+                        )));
+                    };
+                    if !out.is_empty() && bytes + payload.len() > READ_RESPONSE_BYTES_TARGET {
+                        break;
+                    }
+                    bytes += payload.len();
+                    out.push(Message {
+                        sequence_number: seq as i64,
+                        ingest_time_ms: ms as i64,
+                        payload: payload.to_vec(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves an export's cursor forward and records its status.
+    pub fn commit_export(
+        &mut self,
+        name: &str,
+        identifier: &str,
+        progress: &ExportProgress,
+    ) -> Result<(), EngineError> {
+        let s = self.streams.get_mut(name).ok_or_else(|| not_found(name))?;
+        if !s
+            .def
+            .exports
+            .all()
+            .iter()
+            .any(|(_, c)| c.identifier == identifier)
+        {
+            return Err(EngineError::Refused(ErrorReply::new(
+                ErrorKind::ResourceNotFound,
+                format!("stream {name:?} has no export {identifier:?}"),
+            )));
+        }
+        let mut status = s
+            .cursors
+            .get(identifier)
+            .cloned()
+            .unwrap_or_else(|| s.default_status(identifier));
+        if progress.last_exported_sequence_number < status.last_exported_sequence_number {
+            return Err(invalid(format!(
+                "export {identifier:?} of stream {name:?} is at {}; it cannot move back to {}",
+                status.last_exported_sequence_number, progress.last_exported_sequence_number
+            )));
+        }
+        if progress.last_exported_sequence_number >= s.next as i64 {
+            return Err(invalid(format!(
+                "export {identifier:?} of stream {name:?} cannot move to {}: the newest message is {}",
+                progress.last_exported_sequence_number,
+                s.next as i64 - 1
+            )));
+        }
+        if progress.exported_bytes_delta < 0 || progress.exported_messages_delta < 0 {
+            return Err(invalid("exported byte and message counts only grow"));
+        }
+        status.last_exported_sequence_number = progress.last_exported_sequence_number;
+        status.last_export_time_ms = Some(progress.last_export_time_ms);
+        status.error_message = progress.error_message.clone();
+        status.exported_bytes = status
+            .exported_bytes
+            .saturating_add(progress.exported_bytes_delta);
+        status.exported_messages = status
+            .exported_messages
+            .saturating_add(progress.exported_messages_delta);
+        if s.is_file() {
+            self.ks_state
+                .insert(cursor_key(s.id, identifier), cbor(&status))?;
+        }
+        s.cursors.insert(identifier.to_string(), status);
+        Ok(())
+    }
+
+    /// Syncs everything written so far to disk.
+    pub fn sync(&self) -> Result<(), EngineError> {
+        self.db.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+}

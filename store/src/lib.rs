@@ -1,0 +1,11 @@
+//! The storage process: the only process that opens the fjall database.
+//!
+//! `engine` stores streams; `server` serves the engine on the bus; `validate`
+//! holds the definition rules; `keys` the on-disk layout. Nothing here knows
+//! the SDK wire format or any AWS destination.
+
+pub mod config;
+pub mod engine;
+pub mod keys;
+pub mod server;
+pub mod validate;

@@ -1,0 +1,703 @@
+//! The store's event loop: serves the engine on the bus.
+//!
+//! One thread. Each round takes every waiting request (up to
+//! `ROUND_REQUESTS_MAX`), stores all appends of the round in one write batch
+//! (one sync for the round when a `flushOnWrite` stream is in it: group
+//! commit), answers them only after that, then serves reads, so a read sees the
+//! appends of its round. Long-poll reads and event watchers wait in bounded
+//! tables and are answered by appends or at their deadline, never later.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use bus::{BusServer, Incoming, PeerId};
+use bus_schema::{
+    ErrorKind, ErrorReply, Event, EventBatch, HealthInfo, Request, Response, ResponseEnvelope,
+    BUS_PROTOCOL_VERSION, READ_MESSAGES_MAX,
+};
+
+use crate::engine::{AppendItem, Engine, EngineError};
+
+/// Requests taken off the socket in one round.
+pub const ROUND_REQUESTS_MAX: usize = 4096;
+/// Long-poll reads waiting at once, over all peers.
+pub const WAITING_READS_MAX: usize = 4096;
+/// Event watchers waiting at once.
+pub const WATCHERS_MAX: usize = 256;
+/// Change events kept for watchers that are behind.
+pub const EVENT_LOG_EVENTS_MAX: usize = 4096;
+/// Longest wait a read or watch may ask for, in ms (the SDK's limit).
+pub const WAIT_MS_MAX: i64 = 9_223_372_036_854;
+/// How often TTL expiry runs, in ms.
+pub const EXPIRY_INTERVAL_MS: u64 = 1000;
+
+/// Why the loop stopped.
+#[derive(Debug)]
+pub enum Stop {
+    /// A signal or a `Shutdown` request: clean stop.
+    Requested,
+    /// The database failed: exit non-zero so the supervisor restarts us.
+    StorageFailure(String),
+    /// The bus failed.
+    Bus(String),
+}
+
+struct WaitingRead {
+    peer: PeerId,
+    id: u64,
+    stream: String,
+    start: u64,
+    min: u64,
+    max: u64,
+    deadline: Instant,
+}
+
+struct Watcher {
+    peer: PeerId,
+    id: u64,
+    after: u64,
+    deadline: Instant,
+}
+
+struct EventLog {
+    epoch: u64,
+    /// Position of `events[0]`; positions start at 1.
+    first: u64,
+    events: VecDeque<Event>,
+}
+
+impl EventLog {
+    fn next(&self) -> u64 {
+        self.first + self.events.len() as u64
+    }
+    fn push(&mut self, e: Event) {
+        if self.events.len() == EVENT_LOG_EVENTS_MAX {
+            self.events.pop_front();
+            self.first += 1;
+        }
+        self.events.push_back(e);
+    }
+    /// Events after position `after` for a watcher that knows `epoch`.
+    fn since(&self, epoch: u64, after: u64) -> EventBatch {
+        let next = self.next();
+        if epoch != self.epoch || after + 1 < self.first || after > next {
+            return EventBatch {
+                epoch: self.epoch,
+                next,
+                resync: true,
+                events: Vec::new(),
+            };
+        }
+        let skip = (after + 1 - self.first) as usize;
+        EventBatch {
+            epoch: self.epoch,
+            next,
+            resync: false,
+            events: self.events.iter().skip(skip).cloned().collect(),
+        }
+    }
+}
+
+pub struct StoreServer {
+    engine: Engine,
+    bus: BusServer,
+    started: Instant,
+    log: EventLog,
+    reads: HashMap<String, Vec<WaitingRead>>,
+    read_count: usize,
+    watchers: Vec<Watcher>,
+    next_expiry: Instant,
+    stop: Option<Stop>,
+    /// Requests skipped because their deadline had passed.
+    pub expired_requests: u64,
+}
+
+struct PendingAppend {
+    peer: PeerId,
+    id: u64,
+    stream: String,
+    payload: Vec<u8>,
+}
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::Error(ErrorReply::new(kind, message))
+}
+
+impl StoreServer {
+    pub fn new(engine: Engine, bus: BusServer) -> Self {
+        let epoch = rand_epoch();
+        Self {
+            engine,
+            bus,
+            started: Instant::now(),
+            log: EventLog {
+                epoch,
+                first: 1,
+                events: VecDeque::new(),
+            },
+            reads: HashMap::new(),
+            read_count: 0,
+            watchers: Vec::new(),
+            next_expiry: Instant::now(),
+            stop: None,
+            expired_requests: 0,
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Serves until a signal arrives on `signal_fd`, a `Shutdown` request, or
+    /// a fatal error. Always syncs the database before returning.
+    pub fn run(mut self, signal_fd: Option<RawFd>) -> Stop {
+        while self.stop.is_none() {
+            let timeout = self.next_timeout();
+            match self.bus.wait(timeout, signal_fd) {
+                Ok(true) => {
+                    tracing::info!("stop signal received");
+                    self.stop = Some(Stop::Requested);
+                }
+                Ok(false) => {}
+                Err(e) => self.stop = Some(Stop::Bus(e.to_string())),
+            }
+            if self.stop.is_none() {
+                self.round();
+            }
+        }
+        self.finish()
+    }
+
+    fn finish(mut self) -> Stop {
+        let stop = self.stop.take().unwrap_or(Stop::Requested);
+        for (_, waiting) in std::mem::take(&mut self.reads) {
+            for r in waiting {
+                self.reply(
+                    &r.peer,
+                    r.id,
+                    err(ErrorKind::ShuttingDown, "the store is stopping"),
+                );
+            }
+        }
+        for w in std::mem::take(&mut self.watchers) {
+            self.reply(
+                &w.peer,
+                w.id,
+                err(ErrorKind::ShuttingDown, "the store is stopping"),
+            );
+        }
+        if let Err(e) = self.engine.sync() {
+            tracing::error!(error = %e, "final sync failed");
+            return Stop::StorageFailure(e.to_string());
+        }
+        stop
+    }
+
+    fn next_timeout(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        if self.engine.gc_pending() {
+            return Some(Duration::ZERO);
+        }
+        // Bounded scans: at most WAITING_READS_MAX + WATCHERS_MAX entries.
+        let next = self
+            .reads
+            .values()
+            .flatten()
+            .map(|r| r.deadline)
+            .chain(self.watchers.iter().map(|w| w.deadline))
+            .fold(self.next_expiry, Instant::min);
+        Some(next.saturating_duration_since(now))
+    }
+
+    fn reply(&self, peer: &PeerId, id: u64, body: Response) {
+        let envelope = ResponseEnvelope {
+            v: BUS_PROTOCOL_VERSION,
+            id,
+            body,
+        };
+        if let Err(e) = self.bus.send(peer, &envelope) {
+            tracing::warn!(error = %e, "reply could not be sent");
+        }
+    }
+
+    fn fatal(&mut self, e: EngineError) -> Option<ErrorReply> {
+        match e {
+            EngineError::Refused(r) => Some(r),
+            EngineError::Storage(s) => {
+                tracing::error!(error = %s, "storage failure; the store stops");
+                self.stop = Some(Stop::StorageFailure(s.clone()));
+                Some(ErrorReply::new(
+                    ErrorKind::StoreWriteError,
+                    format!("the store failed to write and is restarting: {s}"),
+                ))
+            }
+        }
+    }
+
+    /// One round: take what is waiting, store appends, answer.
+    pub fn round(&mut self) {
+        let mut appends: Vec<PendingAppend> = Vec::new();
+        let mut deferred: Vec<(PeerId, u64, Request)> = Vec::new();
+        let now_ms = bus::unix_ms();
+        for _ in 0..ROUND_REQUESTS_MAX {
+            let incoming = match self.bus.try_recv() {
+                Ok(Some(i)) => i,
+                Ok(None) => break,
+                Err(e) => {
+                    self.stop = Some(Stop::Bus(e.to_string()));
+                    break;
+                }
+            };
+            let (peer, envelope) = match incoming {
+                Incoming::Request(peer, envelope) => (peer, envelope),
+                Incoming::Malformed {
+                    peer,
+                    header,
+                    error,
+                } => {
+                    tracing::warn!(error = %error, "malformed bus request");
+                    if let Some(h) = header {
+                        self.reply(
+                            &peer,
+                            h.id,
+                            err(ErrorKind::MalformedMessage, error.to_string()),
+                        );
+                    }
+                    continue;
+                }
+            };
+            if envelope.v != BUS_PROTOCOL_VERSION {
+                self.reply(
+                    &peer,
+                    envelope.id,
+                    err(
+                        ErrorKind::UnsupportedBusVersion,
+                        format!(
+                            "bus version {} is not supported; this store speaks {BUS_PROTOCOL_VERSION}",
+                            envelope.v
+                        ),
+                    ),
+                );
+                continue;
+            }
+            if envelope.deadline_ms != 0 && envelope.deadline_ms < now_ms {
+                // The caller has given up; doing the work now would store an
+                // append nobody was told about.
+                self.expired_requests += 1;
+                continue;
+            }
+            match envelope.body {
+                Request::Append { stream, payload } => appends.push(PendingAppend {
+                    peer,
+                    id: envelope.id,
+                    stream,
+                    payload,
+                }),
+                body @ (Request::Read { .. }
+                | Request::DescribeStream { .. }
+                | Request::DescribeAll
+                | Request::ListStreams
+                | Request::Health
+                | Request::WatchEvents { .. }) => deferred.push((peer, envelope.id, body)),
+                body => {
+                    self.flush_appends(&mut appends);
+                    let response = self.handle_mutation(body);
+                    self.reply(&peer, envelope.id, response);
+                }
+            }
+            if self.stop.is_some() {
+                break;
+            }
+        }
+        self.flush_appends(&mut appends);
+        for (peer, id, body) in deferred {
+            if let Some(response) = self.handle_query(&peer, id, body) {
+                self.reply(&peer, id, response);
+            }
+        }
+        self.serve_watchers(false);
+        self.expire_waiting();
+        self.housekeeping();
+    }
+
+    fn flush_appends(&mut self, appends: &mut Vec<PendingAppend>) {
+        if appends.is_empty() {
+            return;
+        }
+        let items: Vec<AppendItem<'_>> = appends
+            .iter()
+            .map(|a| AppendItem {
+                stream: &a.stream,
+                payload: &a.payload,
+            })
+            .collect();
+        let outcome = self.engine.append_batch(&items);
+        drop(items);
+        match outcome {
+            Ok((results, newest)) => {
+                for (a, r) in appends.iter().zip(results) {
+                    let body = match r {
+                        Ok((sequence_number, ingest_time_ms)) => Response::Appended {
+                            sequence_number,
+                            ingest_time_ms,
+                        },
+                        Err(e) => Response::Error(e),
+                    };
+                    self.reply(&a.peer, a.id, body);
+                }
+                for (name, newest_sequence_number) in newest {
+                    self.serve_reads(&name);
+                    self.log.push(Event::Appended {
+                        name,
+                        newest_sequence_number,
+                    });
+                }
+            }
+            Err(e) => {
+                let reply = self.fatal(e);
+                for a in appends.iter() {
+                    if let Some(r) = &reply {
+                        self.reply(&a.peer, a.id, Response::Error(r.clone()));
+                    }
+                }
+            }
+        }
+        appends.clear();
+    }
+
+    fn handle_mutation(&mut self, body: Request) -> Response {
+        let (result, event) = match body {
+            Request::CreateStream { definition } => {
+                let name = definition.name.clone();
+                (
+                    self.engine.create(&definition).map(|_| Response::Created),
+                    Some(Event::StreamCreated { name }),
+                )
+            }
+            Request::UpdateStream { definition } => {
+                let name = definition.name.clone();
+                let r = self.engine.update(&definition).map(|_| Response::Updated);
+                if r.is_ok() {
+                    // A smaller size or TTL may have dropped data readers wait on.
+                    self.serve_reads(&name);
+                }
+                (r, Some(Event::StreamUpdated { name }))
+            }
+            Request::DeleteStream { name } => {
+                let r = self.engine.delete(&name).map(|_| Response::Deleted);
+                if r.is_ok() {
+                    self.fail_reads(&name);
+                }
+                (r, Some(Event::StreamDeleted { name }))
+            }
+            Request::CommitExport {
+                stream,
+                export_identifier,
+                progress,
+            } => (
+                self.engine
+                    .commit_export(&stream, &export_identifier, &progress)
+                    .map(|_| Response::Committed),
+                None,
+            ),
+            Request::Shutdown => {
+                self.stop = Some(Stop::Requested);
+                (Ok(Response::ShuttingDown), None)
+            }
+            other => (
+                Err(EngineError::Refused(ErrorReply::new(
+                    ErrorKind::InvalidRequest,
+                    format!("unexpected request {other:?}"),
+                ))),
+                None,
+            ),
+        };
+        match result {
+            Ok(r) => {
+                if let Some(e) = event {
+                    self.log.push(e);
+                }
+                r
+            }
+            Err(e) => self
+                .fatal(e)
+                .map(Response::Error)
+                .unwrap_or(Response::ShuttingDown),
+        }
+    }
+
+    /// Answers a query now, or parks it (returns `None`).
+    fn handle_query(&mut self, peer: &PeerId, id: u64, body: Request) -> Option<Response> {
+        let r = match body {
+            Request::Health => Response::Health(HealthInfo {
+                epoch: self.log.epoch,
+                pid: std::process::id(),
+                uptime_ms: self.started.elapsed().as_millis() as u64,
+                streams: self.engine.stream_count() as u64,
+            }),
+            Request::ListStreams => Response::Streams(self.engine.list()),
+            Request::DescribeAll => Response::DescribedAll(self.engine.describe_all()),
+            Request::DescribeStream { name } => match self.engine.describe(&name) {
+                Ok(info) => Response::Described(info),
+                Err(e) => Response::Error(self.fatal(e)?),
+            },
+            Request::WatchEvents {
+                epoch,
+                after,
+                wait_ms,
+            } => {
+                let batch = self.log.since(epoch, after);
+                if batch.resync || !batch.events.is_empty() || wait_ms <= 0 {
+                    Response::Events(batch)
+                } else if self.watchers.len() >= WATCHERS_MAX {
+                    err(
+                        ErrorKind::Busy,
+                        format!("{WATCHERS_MAX} watchers are already waiting"),
+                    )
+                } else {
+                    let deadline =
+                        Instant::now() + Duration::from_millis(wait_ms.min(WAIT_MS_MAX) as u64);
+                    self.watchers.push(Watcher {
+                        peer: peer.clone(),
+                        id,
+                        after,
+                        deadline,
+                    });
+                    return None;
+                }
+            }
+            Request::Read {
+                stream,
+                start_sequence_number,
+                min_count,
+                max_count,
+                wait_ms,
+            } => {
+                return self.handle_read(
+                    peer,
+                    id,
+                    stream,
+                    start_sequence_number,
+                    min_count,
+                    max_count,
+                    wait_ms,
+                )
+            }
+            other => err(
+                ErrorKind::InvalidRequest,
+                format!("unexpected request {other:?}"),
+            ),
+        };
+        Some(r)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_read(
+        &mut self,
+        peer: &PeerId,
+        id: u64,
+        stream: String,
+        start: Option<i64>,
+        min: Option<i64>,
+        max: Option<i64>,
+        wait_ms: Option<i64>,
+    ) -> Option<Response> {
+        let start = start.unwrap_or(0);
+        let min = min.unwrap_or(1);
+        let max = max.unwrap_or(min.max(1));
+        let wait_ms = wait_ms.unwrap_or(0);
+        let problem = if start < 0 {
+            Some(format!(
+                "desiredStartSequenceNumber must be at least 0, got {start}"
+            ))
+        } else if !(1..=i32::MAX as i64).contains(&min) {
+            Some(format!(
+                "minMessageCount must be between 1 and {}, got {min}",
+                i32::MAX
+            ))
+        } else if !(1..=i32::MAX as i64).contains(&max) {
+            Some(format!(
+                "maxMessageCount must be between 1 and {}, got {max}",
+                i32::MAX
+            ))
+        } else if max < min {
+            Some(format!(
+                "maxMessageCount {max} is below minMessageCount {min}"
+            ))
+        } else if min > READ_MESSAGES_MAX {
+            Some(format!(
+                "minMessageCount {min} is above the {READ_MESSAGES_MAX} messages one read can return"
+            ))
+        } else if !(0..=WAIT_MS_MAX).contains(&wait_ms) {
+            Some(format!(
+                "readTimeoutMillis must be between 0 and {WAIT_MS_MAX}, got {wait_ms}"
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return Some(err(ErrorKind::InvalidRequest, p));
+        }
+        let waiting = WaitingRead {
+            peer: peer.clone(),
+            id,
+            stream,
+            start: start as u64,
+            min: min as u64,
+            max: max.min(READ_MESSAGES_MAX) as u64,
+            deadline: Instant::now() + Duration::from_millis(wait_ms as u64),
+        };
+        match self.engine.available(&waiting.stream, waiting.start) {
+            Err(e) => Some(Response::Error(self.fatal(e)?)),
+            Ok(n) if n >= waiting.min => Some(self.read_now(&waiting)),
+            Ok(_) if wait_ms == 0 => Some(not_enough(&waiting)),
+            Ok(_) if self.read_count >= WAITING_READS_MAX => Some(err(
+                ErrorKind::Busy,
+                format!("{WAITING_READS_MAX} long-poll reads are already waiting"),
+            )),
+            Ok(_) => {
+                self.read_count += 1;
+                self.reads
+                    .entry(waiting.stream.clone())
+                    .or_default()
+                    .push(waiting);
+                None
+            }
+        }
+    }
+
+    fn read_now(&mut self, w: &WaitingRead) -> Response {
+        match self.engine.read(&w.stream, w.start, w.max) {
+            Ok(messages) if (messages.len() as u64) < w.min => err(
+                ErrorKind::ResponseTooLarge,
+                format!(
+                    "{} messages are requested at least, but only {} fit in one response",
+                    w.min,
+                    messages.len()
+                ),
+            ),
+            Ok(messages) => Response::Messages(messages),
+            Err(e) => match self.fatal(e) {
+                Some(r) => Response::Error(r),
+                None => err(ErrorKind::StoreReadError, "read failed"),
+            },
+        }
+    }
+
+    /// Answers the waiting reads of `stream` that now have enough messages.
+    fn serve_reads(&mut self, stream: &str) {
+        let Some(mut waiting) = self.reads.remove(stream) else {
+            return;
+        };
+        let mut keep = Vec::new();
+        for w in waiting.drain(..) {
+            let ready = self
+                .engine
+                .available(&w.stream, w.start)
+                .is_ok_and(|n| n >= w.min);
+            if ready {
+                let r = self.read_now(&w);
+                self.read_count -= 1;
+                self.reply(&w.peer, w.id, r);
+            } else {
+                keep.push(w);
+            }
+        }
+        if !keep.is_empty() {
+            self.reads.insert(stream.to_string(), keep);
+        }
+    }
+
+    fn fail_reads(&mut self, stream: &str) {
+        for w in self.reads.remove(stream).unwrap_or_default() {
+            self.read_count -= 1;
+            self.reply(
+                &w.peer,
+                w.id,
+                err(
+                    ErrorKind::ResourceNotFound,
+                    format!("stream {stream:?} was deleted"),
+                ),
+            );
+        }
+    }
+
+    fn serve_watchers(&mut self, expire_only: bool) {
+        if self.watchers.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let next = self.log.next();
+        let epoch = self.log.epoch;
+        let mut keep = Vec::new();
+        for w in std::mem::take(&mut self.watchers) {
+            let has_events = w.after + 1 < next;
+            if (has_events && !expire_only) || w.deadline <= now {
+                let batch = self.log.since(epoch, w.after);
+                self.reply(&w.peer, w.id, Response::Events(batch));
+            } else {
+                keep.push(w);
+            }
+        }
+        self.watchers = keep;
+    }
+
+    /// Answers waiting reads and watchers whose deadline has come.
+    fn expire_waiting(&mut self) {
+        let now = Instant::now();
+        // Finish a little early rather than late: a late answer breaks clients
+        // that have already given up on the request.
+        let due = now + Duration::from_millis(1);
+        let mut expired = Vec::new();
+        for waiting in self.reads.values_mut() {
+            let mut i = 0;
+            while i < waiting.len() {
+                if waiting[i].deadline <= due {
+                    expired.push(waiting.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        self.reads.retain(|_, v| !v.is_empty());
+        for w in expired {
+            self.read_count -= 1;
+            self.reply(&w.peer, w.id, not_enough(&w));
+        }
+        self.serve_watchers(true);
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_expiry {
+            self.next_expiry = now + Duration::from_millis(EXPIRY_INTERVAL_MS);
+            if let Err(e) = self.engine.expire(bus::unix_ms()) {
+                self.fatal(e);
+            }
+        }
+        if self.engine.gc_pending() {
+            if let Err(e) = self.engine.gc_step() {
+                self.fatal(e);
+            }
+        }
+    }
+}
+
+fn not_enough(w: &WaitingRead) -> Response {
+    err(
+        ErrorKind::NotEnoughMessages,
+        format!(
+            "fewer than {} messages from sequence number {} are available in stream {:?}",
+            w.min, w.start, w.stream
+        ),
+    )
+}
+
+fn rand_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(bus::unix_ms());
+    h.write_u32(std::process::id());
+    h.finish() | 1
+}
