@@ -1,0 +1,304 @@
+//! The store process end to end over the bus: every request kind, long-poll
+//! reads, events, restarts and start-up failures.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bus::BusError;
+use bus_schema::{ErrorKind, Event, Persistence, Request, Response};
+use common::*;
+
+#[test]
+fn append_read_describe_delete_over_the_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreProcess::start(dir.path());
+    let c = store.client();
+    create(&c, def("s1"));
+    for i in 0..10u8 {
+        assert_eq!(append(&c, "s1", &[i; 100]).unwrap(), i as i64);
+    }
+    let r = call(
+        &c,
+        Request::Read {
+            stream: "s1".into(),
+            start_sequence_number: Some(3),
+            min_count: Some(2),
+            max_count: Some(4),
+            wait_ms: None,
+        },
+    )
+    .unwrap();
+    let Response::Messages(m) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        m.iter().map(|m| m.sequence_number).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6]
+    );
+    assert_eq!(m[0].payload, vec![3u8; 100]);
+    let Response::Described(info) =
+        call(&c, Request::DescribeStream { name: "s1".into() }).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(info.storage.oldest_sequence_number, 0);
+    assert_eq!(info.storage.newest_sequence_number, 9);
+    assert_eq!(info.definition.persistence, Some(Persistence::File));
+    assert!(
+        matches!(call(&c, Request::ListStreams), Ok(Response::Streams(s)) if s == vec!["s1".to_string()])
+    );
+    assert!(matches!(
+        call(&c, Request::DeleteStream { name: "s1".into() }),
+        Ok(Response::Deleted)
+    ));
+    let e = append(&c, "s1", b"x").unwrap_err();
+    assert!(
+        matches!(e, BusError::Remote(ref r) if r.kind == ErrorKind::ResourceNotFound),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn long_poll_read_is_woken_by_an_append_and_times_out_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreProcess::start(dir.path());
+    let c = store.client();
+    create(&c, def("lp"));
+    let reader = c.clone();
+    let t = std::thread::spawn(move || {
+        let start = Instant::now();
+        let r = reader.call(
+            Request::Read {
+                stream: "lp".into(),
+                start_sequence_number: Some(0),
+                min_count: Some(2),
+                max_count: Some(10),
+                wait_ms: Some(3000),
+            },
+            TIMEOUT,
+        );
+        (r, start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    append(&c, "lp", b"one").unwrap();
+    append(&c, "lp", b"two").unwrap();
+    let (r, took) = t.join().unwrap();
+    assert!(
+        matches!(r, Ok(Response::Messages(ref m)) if m.len() == 2),
+        "{r:?}"
+    );
+    assert!(took < Duration::from_millis(2500), "woken late: {took:?}");
+
+    let start = Instant::now();
+    let r = c.call(
+        Request::Read {
+            stream: "lp".into(),
+            start_sequence_number: Some(2),
+            min_count: Some(1),
+            max_count: None,
+            wait_ms: Some(300),
+        },
+        TIMEOUT,
+    );
+    let took = start.elapsed();
+    assert!(
+        matches!(r, Err(BusError::Remote(ref e)) if e.kind == ErrorKind::NotEnoughMessages),
+        "{r:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(250)
+            && took <= Duration::from_millis(300) + Duration::from_millis(150),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn watchers_see_definition_and_data_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreProcess::start(dir.path());
+    let c = store.client();
+    let Response::Events(first) = call(
+        &c,
+        Request::WatchEvents {
+            epoch: 0,
+            after: 0,
+            wait_ms: 0,
+        },
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert!(first.resync, "an unknown epoch must resync");
+    let w = c.clone();
+    let (epoch, after) = (first.epoch, first.next - 1);
+    let t = std::thread::spawn(move || {
+        w.call(
+            Request::WatchEvents {
+                epoch,
+                after,
+                wait_ms: 5000,
+            },
+            TIMEOUT,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    create(&c, def("ev"));
+    let Ok(Response::Events(b)) = t.join().unwrap() else {
+        panic!()
+    };
+    assert!(!b.resync);
+    assert_eq!(b.events, vec![Event::StreamCreated { name: "ev".into() }]);
+    append(&c, "ev", b"x").unwrap();
+    let Response::Events(b2) = call(
+        &c,
+        Request::WatchEvents {
+            epoch,
+            after: b.next - 1,
+            wait_ms: 1000,
+        },
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        b2.events,
+        vec![Event::Appended {
+            name: "ev".into(),
+            newest_sequence_number: 0
+        }]
+    );
+}
+
+#[test]
+fn definitions_data_and_cursors_survive_a_restart_and_memory_streams_do_not_keep_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = StoreProcess::start(dir.path());
+    let c = store.client();
+    let mut d = def("file");
+    d.exports.kinesis.push(bus_schema::KinesisConfig {
+        common: bus_schema::ExportCommon {
+            identifier: "k1".into(),
+            ..Default::default()
+        },
+        kinesis_stream_name: "ks".into(),
+    });
+    create(&c, d);
+    let mut m = def("mem");
+    m.persistence = Some(Persistence::Memory);
+    create(&c, m);
+    for i in 0..5u8 {
+        append(&c, "file", &[i]).unwrap();
+        append(&c, "mem", &[i]).unwrap();
+    }
+    let progress = bus_schema::ExportProgress {
+        last_exported_sequence_number: 2,
+        last_export_time_ms: 1,
+        error_message: None,
+        exported_bytes_delta: 3,
+        exported_messages_delta: 3,
+    };
+    assert!(matches!(
+        call(
+            &c,
+            Request::CommitExport {
+                stream: "file".into(),
+                export_identifier: "k1".into(),
+                progress
+            }
+        ),
+        Ok(Response::Committed)
+    ));
+    assert!(store.terminate().success());
+    let store = StoreProcess::start(dir.path());
+    let c = store.client();
+    let Response::Described(f) = call(
+        &c,
+        Request::DescribeStream {
+            name: "file".into(),
+        },
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(f.storage.newest_sequence_number, 4);
+    assert_eq!(f.export_statuses[0].last_exported_sequence_number, 2);
+    assert_eq!(f.export_statuses[0].exported_messages, 3);
+    let Response::Described(mm) = call(&c, Request::DescribeStream { name: "mem".into() }).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(mm.storage.total_bytes, 0);
+    assert_eq!(append(&c, "file", b"z").unwrap(), 5);
+}
+
+#[test]
+fn a_second_store_on_the_same_root_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = StoreProcess::start(dir.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_store"))
+        .env("STREAM_MANAGER_STORE_ROOT_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another store process"));
+}
+
+#[test]
+fn a_corrupt_database_is_reported_and_the_store_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = StoreProcess::start(dir.path());
+        let c = store.client();
+        create(&c, def("s"));
+        append(&c, "s", b"data").unwrap();
+        assert!(store.terminate().success());
+    }
+    // Overwrite every file of the database with garbage.
+    fn scramble(p: &std::path::Path) {
+        for e in std::fs::read_dir(p).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                scramble(&e.path());
+            } else if e.path().file_name().is_some_and(|n| n != "lock") {
+                std::fs::write(e.path(), b"\xffgarbage not a database\x00\x01").unwrap();
+            }
+        }
+    }
+    scramble(&dir.path().join("db"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_store"))
+        .env("STREAM_MANAGER_STORE_ROOT_DIR", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the store database"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn invalid_configuration_lists_every_problem() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_store"))
+        .env("STREAM_MANAGER_STORE_ROOT_DIR", "")
+        .env("LOG_LEVEL", "chatty")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("STREAM_MANAGER_STORE_ROOT_DIR") && stderr.contains("LOG_LEVEL"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn root_directory_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let _store = StoreProcess::start(&root);
+    let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
