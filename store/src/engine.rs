@@ -172,8 +172,12 @@ pub struct AppendItem<'a> {
     pub payload: &'a [u8],
 }
 
-/// The outcome of one append of a batch.
+/// The outcome of one append of a batch: (sequence number, ingest ms).
 pub type AppendResult = Result<(i64, i64), ErrorReply>;
+
+/// What a batch did: one result per item, and the newest sequence number of
+/// every stream that took data.
+pub type BatchOutcome = (Vec<AppendResult>, Vec<(String, i64)>);
 
 struct GcJob {
     sid: u64,
@@ -499,10 +503,7 @@ impl Engine {
     /// Appends a batch: one fjall write batch for all of it, synced once if
     /// any stream in it has `flushOnWrite` (group commit). Results are in the
     /// order of `items`; an item's error leaves the others unaffected.
-    pub fn append_batch(
-        &mut self,
-        items: &[AppendItem<'_>],
-    ) -> Result<(Vec<AppendResult>, Vec<(String, i64)>), EngineError> {
+    pub fn append_batch(&mut self, items: &[AppendItem<'_>]) -> Result<BatchOutcome, EngineError> {
         let now = now_ms();
         let mut results = Vec::with_capacity(items.len());
         let mut batch = self.db.batch();

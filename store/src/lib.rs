@@ -7,5 +7,6 @@
 pub mod config;
 pub mod engine;
 pub mod keys;
+pub mod load;
 pub mod server;
 pub mod validate;

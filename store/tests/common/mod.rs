@@ -108,3 +108,76 @@ pub fn append(client: &BusClient, stream: &str, payload: &[u8]) -> Result<i64, B
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// Starts a `store-bench append` load client process; its stdout lists
+/// `ack <id> <seq>` lines.
+pub fn load_client(
+    root: &Path,
+    stream: &str,
+    count: u64,
+    concurrency: u64,
+    first_id: u64,
+) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_store-bench"))
+        .args([
+            "append",
+            "--root",
+            root.to_str().expect("utf-8 path"),
+            "--stream",
+            stream,
+            "--count",
+            &count.to_string(),
+            "--concurrency",
+            &concurrency.to_string(),
+            "--payload-bytes",
+            "64",
+            "--first-id",
+            &first_id.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn load client")
+}
+
+/// Waits for a load client and returns its acknowledged (id, seq) pairs.
+pub fn acks_of(child: Child) -> Vec<(u64, i64)> {
+    let out = child.wait_with_output().expect("wait load client");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            if it.next()? != "ack" {
+                return None;
+            }
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Reads a whole stream.
+pub fn read_all(client: &BusClient, stream: &str) -> Vec<bus_schema::Message> {
+    let mut out = Vec::new();
+    loop {
+        let start = out
+            .last()
+            .map_or(0, |m: &bus_schema::Message| m.sequence_number + 1);
+        match client.call(
+            Request::Read {
+                stream: stream.into(),
+                start_sequence_number: Some(start),
+                min_count: Some(1),
+                max_count: Some(1000),
+                wait_ms: None,
+            },
+            TIMEOUT,
+        ) {
+            Ok(Response::Messages(m)) => out.extend(m),
+            Err(BusError::Remote(e)) if e.kind == bus_schema::ErrorKind::NotEnoughMessages => {
+                return out
+            }
+            other => panic!("read failed: {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! `store-bench`: load client and benchmark of the store process.
+//!
+//! - `store-bench run [--quick]`: the store benchmark of README: raw fjall
+//!   inserts in this process, then a real store process driven over the bus
+//!   (appends, flushOnWrite appends with 64 appenders, catch-up reads, memory
+//!   with a 2 GB backlog and reopen time). Prints a table. Use a release build.
+//! - `store-bench append --root DIR --stream S --count N --concurrency C
+//!   [--payload-bytes B] [--first-id I]`: appends N messages (ids from I) and prints `ack <id> <seq>` per
+//!   acknowledged append (payload = id as 8 bytes, then filler); stops a
+//!   worker at its first error (`err <id> <message>`). Used by crash tests.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bus::{BusClient, BusClientConfig};
+use bus_schema::{Request, Response, StrategyOnFull, StreamDefinition};
+use store::load::payload_for;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("run") => run_bench(args.iter().any(|a| a == "--quick")),
+        Some("append") => append_cmd(&args[1..]),
+        _ => bail!("usage: store-bench run [--quick] | store-bench append --root DIR --stream S --count N --concurrency C [--payload-bytes B] [--first-id I]"),
+    }
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn append_cmd(args: &[String]) -> Result<()> {
+    let root = PathBuf::from(flag(args, "--root").context("--root is required")?);
+    let stream = flag(args, "--stream")
+        .context("--stream is required")?
+        .to_string();
+    let count: u64 = flag(args, "--count")
+        .context("--count is required")?
+        .parse()?;
+    let concurrency: u64 = flag(args, "--concurrency").unwrap_or("1").parse()?;
+    let payload_bytes: usize = flag(args, "--payload-bytes").unwrap_or("64").parse()?;
+    let first_id: u64 = flag(args, "--first-id").unwrap_or("0").parse()?;
+    let client = BusClient::connect(&bus::store_endpoint(&root), BusClientConfig::default())?;
+    let next = Arc::new(AtomicU64::new(0));
+    let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, next, out, stream) =
+                (client.clone(), next.clone(), out.clone(), stream.clone());
+            std::thread::spawn(move || loop {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                if n >= count {
+                    return;
+                }
+                let id = first_id + n;
+                let payload = payload_for(id, payload_bytes);
+                let r = client.call(
+                    Request::Append {
+                        stream: stream.clone(),
+                        payload,
+                    },
+                    Duration::from_secs(2),
+                );
+                let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+                match r {
+                    Ok(Response::Appended {
+                        sequence_number, ..
+                    }) => {
+                        let _ = writeln!(o, "ack {id} {sequence_number}");
+                        let _ = o.flush();
+                    }
+                    other => {
+                        let _ = writeln!(o, "err {id} {other:?}");
+                        let _ = o.flush();
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    Ok(())
+}
+
+struct Store {
+    child: Child,
+    root: PathBuf,
+}
+
+impl Store {
+    fn start(root: &Path) -> Result<(Store, Duration)> {
+        let exe = std::env::current_exe()?
+            .parent()
+            .context("no exe dir")?
+            .join("store");
+        let started = Instant::now();
+        let child = Command::new(&exe)
+            .env("STREAM_MANAGER_STORE_ROOT_DIR", root)
+            .env("LOG_LEVEL", "WARN")
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        let store = Store {
+            child,
+            root: root.to_path_buf(),
+        };
+        let c = store.client(16)?;
+        loop {
+            if let Ok(Response::Health(_)) = c.call(Request::Health, Duration::from_millis(100)) {
+                return Ok((store, started.elapsed()));
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("store did not start");
+            }
+        }
+    }
+    fn client(&self, in_flight: usize) -> Result<BusClient> {
+        Ok(BusClient::connect(
+            &bus::store_endpoint(&self.root),
+            BusClientConfig {
+                max_in_flight: in_flight,
+                ..Default::default()
+            },
+        )?)
+    }
+    fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("store exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // A benchmark that fails part-way must not leave its store running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn create(c: &BusClient, name: &str, flush: bool, max_size: i64) -> Result<()> {
+    let mut d = StreamDefinition::new(name, StrategyOnFull::RejectNewData);
+    d.flush_on_write = Some(flush);
+    d.max_size_bytes = Some(max_size);
+    match c.call(Request::CreateStream { definition: d }, TIMEOUT)? {
+        Response::Created => Ok(()),
+        other => bail!("create failed: {other:?}"),
+    }
+}
+
+/// Appends `total` 1 KiB messages spread over `streams` with `appenders`
+/// concurrent tasks on one client thread; returns appends per second.
+fn append_load(c: &BusClient, streams: &[String], total: u64, appenders: usize) -> Result<f64> {
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..appenders {
+            let (c, next, streams) = (c.clone(), next.clone(), streams.to_vec());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let id = next.fetch_add(1, Ordering::Relaxed);
+                    if id >= total {
+                        return Ok::<(), anyhow::Error>(());
+                    }
+                    let stream = streams[(id as usize + t) % streams.len()].clone();
+                    match c
+                        .call_async(
+                            Request::Append {
+                                stream,
+                                payload: payload_for(id, 1024),
+                            },
+                            TIMEOUT,
+                        )
+                        .await?
+                    {
+                        Response::Appended { .. } => {}
+                        other => bail!("append failed: {other:?}"),
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Reads every message of `streams` back, 1,000 per request; returns
+/// messages per second.
+fn read_load(c: &BusClient, streams: &[String]) -> Result<(f64, u64)> {
+    let started = Instant::now();
+    let mut total = 0u64;
+    for s in streams {
+        let mut start = 0i64;
+        loop {
+            let r = c.call(
+                Request::Read {
+                    stream: s.clone(),
+                    start_sequence_number: Some(start),
+                    min_count: Some(1),
+                    max_count: Some(1000),
+                    wait_ms: None,
+                },
+                TIMEOUT,
+            );
+            match r {
+                Ok(Response::Messages(m)) => {
+                    total += m.len() as u64;
+                    start = m.last().map_or(start, |m| m.sequence_number + 1);
+                }
+                Err(bus::BusError::Remote(e))
+                    if e.kind == bus_schema::ErrorKind::NotEnoughMessages =>
+                {
+                    break
+                }
+                other => bail!("read failed: {other:?}"),
+            }
+        }
+    }
+    Ok((total as f64 / started.elapsed().as_secs_f64(), total))
+}
+
+fn raw_fjall_inserts(dir: &Path, n: u64) -> Result<f64> {
+    let db = fjall::Database::builder(dir)
+        .cache_size(store::engine::CACHE_BYTES)
+        .max_journaling_size(store::engine::JOURNAL_BYTES_MAX)
+        .worker_threads(1)
+        .open()?;
+    let ks = db.keyspace("data", || {
+        fjall::KeyspaceCreateOptions::default()
+            .max_memtable_size(store::engine::DATA_MEMTABLE_BYTES)
+    })?;
+    let started = Instant::now();
+    for i in 0..n {
+        let key = store::keys::data_key((i % 10) + 1, i);
+        ks.insert(key.to_vec(), payload_for(i, 1024))?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+fn run_bench(quick: bool) -> Result<()> {
+    let scale = if quick { 10 } else { 1 };
+    let tmp = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("store-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let result = bench_in(&tmp, scale);
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+fn bench_in(tmp: &Path, scale: u64) -> Result<()> {
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let n = 300_000 / scale;
+    let raw = raw_fjall_inserts(&tmp.join("raw"), n)?;
+    rows.push((
+        "raw fjall inserts, 1 KiB, this process".into(),
+        format!("{raw:.0}/s"),
+        "reference".into(),
+    ));
+
+    let (store, _) = Store::start(&tmp.join("a"))?;
+    let c = store.client(1024)?;
+    let streams: Vec<String> = (0..10).map(|i| format!("bench-{i}")).collect();
+    for s in &streams {
+        create(&c, s, false, 4 << 30)?;
+    }
+    let rate = append_load(&c, &streams, n, 256)?;
+    rows.push((
+        "appends via bus, 10 streams, no flushOnWrite".into(),
+        format!("{rate:.0}/s"),
+        format!(
+            "{:.2} x raw fjall (goal >= 80,000/s and >= 0.8 x)",
+            rate / raw
+        ),
+    ));
+    let flush: Vec<String> = (0..10).map(|i| format!("flush-{i}")).collect();
+    for s in &flush {
+        create(&c, s, true, 4 << 30)?;
+    }
+    let rate = append_load(&c, &flush, n / 3, 64)?;
+    rows.push((
+        "appends via bus, flushOnWrite, 64 appenders".into(),
+        format!("{rate:.0}/s"),
+        "goal >= 20,000/s".into(),
+    ));
+    let (rate, total) = read_load(&c, &streams)?;
+    rows.push((
+        format!("catch-up reads, 1,000 per request ({total} messages)"),
+        format!("{rate:.0} messages/s"),
+        "goal >= 300,000/s".into(),
+    ));
+    store.stop()?;
+
+    // Memory while holding a 2 GB backlog, then reopen time.
+    let backlog_bytes: u64 = (2u64 << 30) / scale;
+    let (store, _) = Store::start(&tmp.join("b"))?;
+    let c = store.client(1024)?;
+    for s in &streams {
+        create(&c, s, false, 1 << 30)?;
+    }
+    let count = backlog_bytes / 1024;
+    let rate = append_load(&c, &streams, count, 256)?;
+    let (rss, hwm) = store.rss_kib();
+    rows.push((
+        format!("store RSS holding {} MiB backlog", backlog_bytes >> 20),
+        format!("{} MiB (peak {} MiB)", rss / 1024, hwm / 1024),
+        format!("goal <= 64 MB; backlog written at {rate:.0}/s"),
+    ));
+    store.stop()?;
+    let (store, ready) = Store::start(&tmp.join("b"))?;
+    let (rss, _) = store.rss_kib();
+    rows.push((
+        "reopen of that store (spawn to first answer)".into(),
+        format!("{} ms", ready.as_millis()),
+        format!("goal <= 2 s; RSS after reopen {} MiB", rss / 1024),
+    ));
+    let c = store.client(16)?;
+    let Response::DescribedAll(infos) = c.call(Request::DescribeAll, TIMEOUT)? else {
+        bail!("describe failed")
+    };
+    let stored: i64 = infos
+        .iter()
+        .map(|i| i.storage.newest_sequence_number + 1)
+        .sum();
+    if stored != count as i64 {
+        bail!("backlog lost on reopen: {stored} of {count} messages");
+    }
+    store.stop()?;
+
+    println!("| figure | measured | note |");
+    println!("|---|---|---|");
+    for (a, b, c) in rows {
+        println!("| {a} | {b} | {c} |");
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The bus under restarts: a client keeps working across a kill -9 and
+//! restart of the store (same client object, no hang), reaches a store that
+//! starts after it, is not disturbed when another client process is killed,
+//! and a request whose deadline passed while the store was stopped is never
+//! executed late.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bus::{BusClient, BusClientConfig, BusError};
+use bus_schema::{Request, Response};
+use common::*;
+
+#[test]
+fn a_client_keeps_working_across_a_store_kill_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = StoreProcess::start(dir.path());
+    let client = store.client();
+    create(&client, def("s"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (client, stop) = (client.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut outcomes = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let start = Instant::now();
+                let r = client.call(
+                    Request::Append {
+                        stream: "s".into(),
+                        payload: n.to_be_bytes().to_vec(),
+                    },
+                    Duration::from_millis(300),
+                );
+                n += 1;
+                outcomes.push((r.is_ok(), start.elapsed(), Instant::now()));
+                if r.is_err() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            outcomes
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    store.kill9();
+    let killed_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(700));
+    let _store = StoreProcess::start(dir.path());
+    let restarted_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::SeqCst);
+    let outcomes = worker.join().unwrap();
+    for (_, took, _) in &outcomes {
+        assert!(
+            *took < Duration::from_millis(600),
+            "a call hung for {took:?}"
+        );
+    }
+    assert!(
+        outcomes.iter().any(|(ok, _, at)| !ok && *at > killed_at),
+        "no failure while the store was down"
+    );
+    assert!(
+        outcomes.iter().any(|(ok, _, at)| *ok && *at > restarted_at),
+        "the same client never succeeded after the restart"
+    );
+    assert!(outcomes.iter().any(|(ok, _, at)| *ok && *at < killed_at));
+}
+
+#[test]
+fn a_client_started_before_the_store_reaches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("bus")).unwrap();
+    let client =
+        BusClient::connect(&bus::store_endpoint(dir.path()), BusClientConfig::default()).unwrap();
+    let early = client.clone();
+    let t = std::thread::spawn(move || early.call(Request::Health, Duration::from_secs(15)));
+    std::thread::sleep(Duration::from_millis(300));
+    let _store = StoreProcess::start(dir.path());
+    let r = t.join().unwrap();
+    assert!(matches!(r, Ok(Response::Health(_))), "{r:?}");
+}
+
+#[test]
+fn killing_one_client_process_does_not_disturb_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreProcess::start(dir.path());
+    let c = store.client();
+    create(&c, def("noisy"));
+    create(&c, def("quiet"));
+    let mut noisy = load_client(dir.path(), "noisy", 10_000_000, 16, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(noisy.id() as i32, libc::SIGKILL) };
+    let _ = noisy.wait();
+    for i in 0..100u64 {
+        assert_eq!(append(&c, "quiet", &i.to_be_bytes()).unwrap(), i as i64);
+    }
+    assert_eq!(read_all(&c, "quiet").len(), 100);
+    let Ok(Response::Health(h)) = call(&c, Request::Health) else {
+        panic!()
+    };
+    assert_eq!(h.pid, store.pid(), "the store restarted");
+}
+
+#[test]
+fn a_request_that_expired_while_the_store_was_stopped_is_not_executed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreProcess::start(dir.path());
+    let c = store.client();
+    create(&c, def("late"));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(store.pid() as i32, libc::SIGSTOP) };
+    let r = c.call(
+        Request::Append {
+            stream: "late".into(),
+            payload: b"too late".to_vec(),
+        },
+        Duration::from_millis(200),
+    );
+    assert!(matches!(r, Err(BusError::Timeout(_))), "{r:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: as above.
+    unsafe { libc::kill(store.pid() as i32, libc::SIGCONT) };
+    assert_eq!(
+        append(&c, "late", b"on time").unwrap(),
+        0,
+        "the expired append was stored"
+    );
+    let stored = read_all(&c, "late");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].payload, b"on time");
+}
