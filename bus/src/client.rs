@@ -59,10 +59,20 @@ struct Shared {
     wake: UnixStream,
     next_id: AtomicU64,
     stop: AtomicBool,
+    /// Set by the I/O thread just before it blocks in poll; a caller that
+    /// finds it set writes the wake-up byte. Saves a syscall per request
+    /// while the I/O thread is busy anyway.
+    io_sleeping: AtomicBool,
 }
 
 impl Shared {
     fn wake(&self) {
+        if self.io_sleeping.swap(false, Ordering::SeqCst) {
+            self.wake_now();
+        }
+    }
+
+    fn wake_now(&self) {
         // A full wake pipe already guarantees a wake-up; nothing else to do.
         let _ = (&self.wake).write(&[1]);
     }
@@ -71,7 +81,7 @@ impl Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.wake();
+        self.wake_now();
     }
 }
 
@@ -118,6 +128,7 @@ impl BusClient {
             wake: wake_tx,
             next_id: AtomicU64::new(1),
             stop: AtomicBool::new(false),
+            io_sleeping: AtomicBool::new(false),
         });
         let io = IoThread {
             endpoint: endpoint.to_string(),
@@ -246,7 +257,15 @@ impl IoThread {
             }
             self.take_submissions();
             self.expire(Instant::now());
-            let timeout_ms = self.next_timeout_ms();
+            let mut timeout_ms = self.next_timeout_ms();
+            // Announce the sleep, then look once more: a request queued
+            // before the flag was set must not wait for the poll timeout.
+            if let Some(shared) = self.shared.upgrade() {
+                shared.io_sleeping.store(true, Ordering::SeqCst);
+            }
+            if !self.rx.is_empty() && self.pending.len() < self.max_in_flight {
+                timeout_ms = 0;
+            }
             let (socket_ready, wake_ready) = {
                 let mut items = [
                     self.socket.as_poll_item(zmq::POLLIN),
@@ -262,6 +281,9 @@ impl IoThread {
                 }
                 (items[0].is_readable(), items[1].is_readable())
             };
+            if let Some(shared) = self.shared.upgrade() {
+                shared.io_sleeping.store(false, Ordering::SeqCst);
+            }
             if wake_ready {
                 let mut buf = [0u8; 256];
                 while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}

@@ -35,8 +35,33 @@ pub const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 pub const DATA_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// Memtable size of the small keyspaces, in bytes.
 pub const SMALL_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
+/// fjall background threads (flush and compaction). Never 1: fjall 3.1.13's
+/// only worker can block forever sending to its own full message queue
+/// (seen here: every thread parked in `flume::send` inside
+/// `inner_rotate_memtable`); a second worker drains stale messages.
+pub const WORKER_THREADS: usize = 2;
 /// Journal size after which fjall flushes memtables, in bytes.
 pub const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Data block size of the data keyspace, in bytes. Large blocks suit the
+/// access pattern (appends, then range scans) and keep the block index small.
+pub const DATA_BLOCK_BYTES: u32 = 64 * 1024;
+
+/// Options of the data keyspace. Messages are only ever range-scanned, so no
+/// bloom filters are built, and no index block is pinned in memory: memory
+/// stays bounded by the memtables and the block cache whatever the backlog.
+/// Payloads of 1 KiB and more go to blob files (key-value separation), so
+/// compaction rewrites keys, not payloads.
+pub fn data_keyspace_options() -> KeyspaceCreateOptions {
+    use fjall::config::{BlockSizePolicy, FilterPolicy, PinningPolicy};
+    KeyspaceCreateOptions::default()
+        .max_memtable_size(DATA_MEMTABLE_BYTES)
+        .data_block_size_policy(BlockSizePolicy::all(DATA_BLOCK_BYTES))
+        .filter_policy(FilterPolicy::disabled())
+        .filter_block_pinning_policy(PinningPolicy::disabled())
+        .index_block_pinning_policy(PinningPolicy::disabled())
+        .with_kv_separation(Some(fjall::KvSeparationOptions::default()))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -221,7 +246,7 @@ impl Engine {
         let db = Database::builder(dir)
             .cache_size(CACHE_BYTES)
             .max_journaling_size(JOURNAL_BYTES_MAX)
-            .worker_threads(1)
+            .worker_threads(WORKER_THREADS)
             .open()
             .map_err(|e| fail(e.to_string()))?;
         let small = || KeyspaceCreateOptions::default().max_memtable_size(SMALL_MEMTABLE_BYTES);
@@ -235,9 +260,7 @@ impl Engine {
             .keyspace(KS_META, small)
             .map_err(|e| fail(e.to_string()))?;
         let ks_data = db
-            .keyspace(KS_DATA, || {
-                KeyspaceCreateOptions::default().max_memtable_size(DATA_MEMTABLE_BYTES)
-            })
+            .keyspace(KS_DATA, data_keyspace_options)
             .map_err(|e| fail(e.to_string()))?;
         let mut engine = Engine {
             path: dir.to_path_buf(),
@@ -929,5 +952,124 @@ impl Engine {
     pub fn sync(&self) -> Result<(), EngineError> {
         self.db.persist(PersistMode::SyncAll)?;
         Ok(())
+    }
+
+    /// Clean stop: writes the memtables out as tables (so the next open has
+    /// no journal to replay into memory) and syncs.
+    pub fn close(&self) -> Result<(), EngineError> {
+        for ks in [
+            &self.ks_data,
+            &self.ks_state,
+            &self.ks_streams,
+            &self.ks_meta,
+        ] {
+            ks.rotate_memtable_and_wait()?;
+        }
+        self.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bus_schema::ExportCommon;
+
+    fn data_keys(e: &Engine) -> usize {
+        e.ks_data.iter().count()
+    }
+
+    fn state_keys(e: &Engine) -> usize {
+        e.ks_state.iter().count()
+    }
+
+    fn fill(e: &mut Engine, stream: &str, n: usize) {
+        let payload = vec![7u8; 100];
+        let items: Vec<AppendItem<'_>> = (0..n)
+            .map(|_| AppendItem {
+                stream,
+                payload: &payload,
+            })
+            .collect();
+        let (results, _) = e.append_batch(&items).unwrap();
+        assert!(results.iter().all(|r| r.is_ok()));
+    }
+
+    #[test]
+    fn deleting_a_stream_removes_its_data_and_cursors_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::open(dir.path()).unwrap();
+        let mut d = StreamDefinition::new("s", StrategyOnFull::RejectNewData);
+        d.exports.kinesis.push(bus_schema::KinesisConfig {
+            common: ExportCommon {
+                identifier: "k".into(),
+                ..Default::default()
+            },
+            kinesis_stream_name: "x".into(),
+        });
+        e.create(&d).unwrap();
+        fill(&mut e, "s", 10_000);
+        let progress = ExportProgress {
+            last_exported_sequence_number: 5,
+            last_export_time_ms: 1,
+            error_message: None,
+            exported_bytes_delta: 1,
+            exported_messages_delta: 1,
+        };
+        e.commit_export("s", "k", &progress).unwrap();
+        assert_eq!(data_keys(&e), 10_000);
+        e.delete("s").unwrap();
+        assert_eq!(
+            state_keys(&e),
+            0,
+            "segments, bounds and cursors are gone at once"
+        );
+        let mut steps = 0;
+        while e.gc_pending() {
+            e.gc_step().unwrap();
+            steps += 1;
+        }
+        assert_eq!(steps, 10_000u64.div_ceil(GC_KEYS_PER_STEP));
+        assert_eq!(data_keys(&e), 0);
+        // The removal survives a reopen, and nothing is left to do.
+        drop(e);
+        let e = Engine::open(dir.path()).unwrap();
+        assert!(!e.gc_pending());
+        assert_eq!(data_keys(&e), 0);
+    }
+
+    #[test]
+    fn an_interrupted_removal_resumes_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::open(dir.path()).unwrap();
+        e.create(&StreamDefinition::new("s", StrategyOnFull::RejectNewData))
+            .unwrap();
+        fill(&mut e, "s", 10_000);
+        e.delete("s").unwrap();
+        e.gc_step().unwrap();
+        drop(e);
+        let mut e = Engine::open(dir.path()).unwrap();
+        assert!(e.gc_pending());
+        while e.gc_pending() {
+            e.gc_step().unwrap();
+        }
+        assert_eq!(data_keys(&e), 0);
+    }
+
+    #[test]
+    fn overwritten_segments_leave_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::open(dir.path()).unwrap();
+        let mut d = StreamDefinition::new("s", StrategyOnFull::OverwriteOldestData);
+        d.max_size_bytes = Some(100 * 132);
+        d.segment_size_bytes = Some(10 * 132);
+        e.create(&d).unwrap();
+        fill(&mut e, "s", 1000);
+        while e.gc_pending() {
+            e.gc_step().unwrap();
+        }
+        let info = e.describe("s").unwrap();
+        assert_eq!(info.storage.newest_sequence_number, 999);
+        assert_eq!(info.storage.oldest_sequence_number, 900);
+        assert_eq!(data_keys(&e), 100);
     }
 }

@@ -8,5 +8,6 @@ pub mod config;
 pub mod engine;
 pub mod keys;
 pub mod load;
+pub mod memory;
 pub mod server;
 pub mod validate;

@@ -2,11 +2,20 @@
 //! message carries its own id, so a reader can tell exactly which append it
 //! came from.
 
-/// The payload of message `id`: its id (8 bytes BE), then a filler derived
-/// from it, `len` bytes in all (at least 8).
+/// The payload of message `id`: its id (8 bytes BE), then pseudo-random
+/// filler derived from it (incompressible, so benchmarks measure real bytes),
+/// `len` bytes in all (at least 8).
 pub fn payload_for(id: u64, len: usize) -> Vec<u8> {
-    let mut p = id.to_be_bytes().to_vec();
-    p.extend((0..len.saturating_sub(8)).map(|i| (id as usize).wrapping_add(i) as u8));
+    let mut p = Vec::with_capacity(len.max(8));
+    p.extend_from_slice(&id.to_be_bytes());
+    let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while p.len() < len {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p.extend_from_slice(&x.to_le_bytes()[..(len - p.len()).min(8)]);
+    }
     p
 }
 

@@ -15,6 +15,7 @@ use store::engine::Engine;
 use store::server::{Stop, StoreServer};
 
 fn main() -> ExitCode {
+    store::memory::tune_allocator();
     let config = match StoreConfig::from_lookup(|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(problems) => {

@@ -134,3 +134,56 @@ fn a_request_that_expired_while_the_store_was_stopped_is_not_executed() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].payload, b"on time");
 }
+
+#[test]
+fn malformed_bus_messages_get_an_error_and_the_store_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreProcess::start(dir.path());
+    let c = store.client();
+    create(&c, def("ok"));
+    let ctx = zmq::Context::new();
+    let raw = ctx.socket(zmq::DEALER).unwrap();
+    raw.set_rcvtimeo(2000).unwrap();
+    raw.set_linger(0).unwrap();
+    raw.connect(&store.endpoint()).unwrap();
+    // Garbage: no header can be read, so there is nobody to answer.
+    raw.send(&b"\xff\x00garbage"[..], 0).unwrap();
+    // A readable header with a body from the future: answered with an error.
+    #[derive(serde::Serialize)]
+    struct Future {
+        v: u16,
+        id: u64,
+        deadline_ms: u64,
+        body: &'static str,
+    }
+    let bytes = bus_schema::encode(&Future {
+        v: 1,
+        id: 99,
+        deadline_ms: 0,
+        body: "Teleport",
+    })
+    .unwrap();
+    raw.send(bytes, 0).unwrap();
+    let reply: bus_schema::ResponseEnvelope =
+        bus_schema::decode(&raw.recv_bytes(0).unwrap()).unwrap();
+    assert_eq!(reply.id, 99);
+    assert!(
+        matches!(reply.body, Response::Error(ref e) if e.kind == bus_schema::ErrorKind::MalformedMessage),
+        "{reply:?}"
+    );
+    // Another bus version: refused by name.
+    let other = bus_schema::RequestEnvelope {
+        v: 2,
+        id: 100,
+        deadline_ms: 0,
+        body: Request::Health,
+    };
+    raw.send(bus_schema::encode(&other).unwrap(), 0).unwrap();
+    let reply: bus_schema::ResponseEnvelope =
+        bus_schema::decode(&raw.recv_bytes(0).unwrap()).unwrap();
+    assert!(
+        matches!(reply.body, Response::Error(ref e) if e.kind == bus_schema::ErrorKind::UnsupportedBusVersion),
+        "{reply:?}"
+    );
+    assert_eq!(append(&c, "ok", b"still fine").unwrap(), 0);
+}
