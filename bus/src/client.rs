@@ -191,10 +191,30 @@ impl BusClient {
 
     /// Sends a request and waits for its reply or its timeout.
     pub async fn call_async(&self, body: Request, timeout: Duration) -> Result<Response, BusError> {
+        self.submit(body, timeout).await?.wait().await
+    }
+
+    /// Queues a request now and returns a handle to await its reply later.
+    /// Requests submitted one after another from one task reach the store in
+    /// that order (one queue, one socket, one I/O thread).
+    pub async fn submit(&self, body: Request, timeout: Duration) -> Result<PendingReply, BusError> {
         let (out, rx) = self.prepare(body, timeout)?;
         enqueue(&self.shared.tx, out, timeout).await?;
         self.shared.wake();
-        flatten(rx.await)
+        Ok(PendingReply { rx })
+    }
+}
+
+/// The reply to a submitted request, still to come.
+pub struct PendingReply {
+    rx: oneshot::Receiver<Reply>,
+}
+
+impl PendingReply {
+    /// Waits for the reply (or the request's timeout, which the I/O thread
+    /// enforces).
+    pub async fn wait(self) -> Result<Response, BusError> {
+        flatten(self.rx.await)
     }
 }
 

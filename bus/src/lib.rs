@@ -16,7 +16,7 @@
 mod client;
 mod server;
 
-pub use client::{BusClient, BusClientConfig};
+pub use client::{BusClient, BusClientConfig, PendingReply};
 pub use server::{BusServer, Incoming, PeerId};
 
 use bus_schema::{CodecError, ErrorReply};

@@ -317,7 +317,11 @@ fn read_load(c: &BusClient, streams: &[String]) -> Result<(f64, u64)> {
     Ok((total as f64 / started.elapsed().as_secs_f64(), total))
 }
 
-fn raw_fjall_inserts(dir: &Path, n: u64) -> Result<f64> {
+/// Inserts `n` 1 KiB values one by one into a fresh database with the
+/// store's data keyspace options; returns the rate and the CPU its threads
+/// used meanwhile (measured before the database and its workers go away).
+fn raw_fjall_inserts(dir: &Path, n: u64) -> Result<(f64, String)> {
+    let before = cpu_by_thread(std::process::id());
     let db = fjall::Database::builder(dir)
         .cache_size(store::engine::CACHE_BYTES)
         .max_journaling_size(store::engine::JOURNAL_BYTES_MAX)
@@ -332,7 +336,8 @@ fn raw_fjall_inserts(dir: &Path, n: u64) -> Result<f64> {
         let key = store::keys::data_key((i % 10) + 1, i);
         ks.insert(key.to_vec(), payload_for(i, 1024))?;
     }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, cpu_delta(&before, &cpu_by_thread(std::process::id()))))
 }
 
 fn run_bench(quick: bool) -> Result<()> {
@@ -352,11 +357,11 @@ fn bench_in(tmp: &Path, scale: u64) -> Result<()> {
     // The same volume (1 GiB) for raw fjall and the bus, so that both pay
     // for the flushes and compactions that volume causes.
     let n = 1_000_000 / scale;
-    let raw = raw_fjall_inserts(&tmp.join("raw"), n)?;
+    let (raw, raw_cpu) = raw_fjall_inserts(&tmp.join("raw"), n)?;
     rows.push((
-        "raw fjall inserts, 1 KiB, this process".into(),
+        format!("raw fjall inserts, 1 KiB, {n} in this process"),
         format!("{raw:.0}/s"),
-        "reference".into(),
+        format!("reference; CPU during the inserts [{raw_cpu}]"),
     ));
 
     let (store, _) = Store::start(&tmp.join("a"))?;
