@@ -1,7 +1,69 @@
-//! `ingest`: not built yet (issue 7). The crate exists so the workspace has
-//! the product's shape; the process refuses to start rather than pretend.
+//! `ingest`: the SDK endpoint process. Listens on 127.0.0.1 and
+//! `STREAM_MANAGER_SERVER_PORT`, forwards to the store found under
+//! `STREAM_MANAGER_STORE_ROOT_DIR`, stops on SIGTERM/SIGINT.
+//! Exit codes: 0 clean stop, 2 bad configuration or the port is taken.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("ingest is not implemented yet (issue 7); see README.md");
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use ingest::config::IngestConfig;
+
+fn main() -> ExitCode {
+    let config = match IngestConfig::from_lookup(|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprintln!("ingest: invalid configuration:");
+            for p in problems {
+                eprintln!("  - {p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "warn,ingest={0},bus={0}",
+            config.log_filter
+        )))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ingest: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ingest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(config: IngestConfig) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let bus = bus::BusClient::connect(
+        &bus::store_endpoint(&config.root),
+        bus::BusClientConfig::default(),
+    )?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{}", config.port))?;
+    let port = listener.local_addr()?.port();
+    // Clients that asked for port 0 find the real one here.
+    let _ = std::fs::write(config.port_file(), format!("{port}\n"));
+    println!("ingest listening on 127.0.0.1:{port}");
+    tracing::info!(port, "ingest listening");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = ingest::server::serve(listener, Arc::new(config.settings), bus) => {}
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+    Ok(())
 }

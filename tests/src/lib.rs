@@ -1,3 +1,113 @@
-//! End-to-end tests of the whole system (real processes, real SDK clients,
-//! local AWS endpoints) live here once ingest, supervisor and exporters exist.
-//! The store's own black-box tests are in `store/tests`.
+//! End-to-end harness: the real `store` and `ingest` binaries of this build,
+//! on a temporary store root, with the ingest on a free port of 127.0.0.1.
+//! Used by the tests in `tests/tests/` (official SDK clients, raw frames).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A binary of this workspace, next to the running test's own directory
+/// (`target/<profile>/`). `scripts/test-all` builds them all first.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// The Python interpreter of the venv that `scripts/test-all` creates with
+/// the pinned SDK (`tests/python/requirements.txt`), or `STREAM_MANAGER_TEST_PYTHON`.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("STREAM_MANAGER_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test-all, which creates it with the pinned Python SDK",
+        p.display()
+    );
+    p
+}
+
+pub struct System {
+    pub root: tempfile::TempDir,
+    pub store: Child,
+    pub ingest: Child,
+    pub port: u16,
+}
+
+impl System {
+    /// Starts the store, waits until it answers, then the ingest on port 0,
+    /// and reads the port it reports.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(ingest_env: &[(&str, &str)]) -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let store = Command::new(bin("store"))
+            .env("STREAM_MANAGER_STORE_ROOT_DIR", root.path())
+            .env("LOG_LEVEL", "WARN")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn store");
+        let client = bus::BusClient::connect(&bus::store_endpoint(root.path()), Default::default())
+            .expect("bus");
+        let start = Instant::now();
+        while !matches!(
+            client.call(bus_schema::Request::Health, Duration::from_millis(200)),
+            Ok(bus_schema::Response::Health(_))
+        ) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "store did not start"
+            );
+        }
+        let mut cmd = Command::new(bin("ingest"));
+        cmd.env("STREAM_MANAGER_STORE_ROOT_DIR", root.path())
+            .env("STREAM_MANAGER_SERVER_PORT", "0")
+            .env("LOG_LEVEL", "WARN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        for (k, v) in ingest_env {
+            cmd.env(k, v);
+        }
+        let mut ingest = cmd.spawn().expect("spawn ingest");
+        let stdout = ingest.stdout.take().expect("ingest stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("ingest port line");
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("ingest did not report its port: {line:?}"));
+        System {
+            root,
+            store,
+            ingest,
+            port,
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for c in [&mut self.ingest, &mut self.store] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

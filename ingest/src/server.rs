@@ -1,0 +1,455 @@
+//! The TCP endpoint the SDKs connect to: handshake, authentication, and per
+//! connection a reader that decodes frames in order and submits them to the
+//! store in that order (so appends keep their order on the store), tasks that
+//! await each reply, and one writer that sends each response frame in one
+//! write. In-flight requests per connection are bounded: past the bound the
+//! reader stops reading (TCP back-pressure), memory does not grow.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::{BusClient, BusError};
+use bus_schema::{Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::wire::{self, op, status, ClientRequest};
+
+/// Settings of the endpoint.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// `None`: any local process may connect. `Some`: only these tokens.
+    pub tokens: Option<HashSet<String>>,
+    /// Largest frame accepted (length field, opcode included), in bytes.
+    pub frame_bytes_max: u32,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub connections_max: usize,
+    /// Requests of one connection being processed at once.
+    pub in_flight_per_connection: usize,
+    /// Time a client has to complete the handshake.
+    pub handshake_timeout: Duration,
+    /// Time the store has to answer a request (reads: on top of their wait).
+    pub store_timeout: Duration,
+}
+
+/// Default frame limit: the largest message the store takes plus room for
+/// the rest of the request.
+pub const FRAME_BYTES_MAX_DEFAULT: u32 = (bus_schema::MESSAGE_PAYLOAD_BYTES_MAX + 64 * 1024) as u32;
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+pub const IN_FLIGHT_PER_CONNECTION_DEFAULT: usize = 256;
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A long-poll read is answered this much before the client's
+/// `readTimeoutMillis` (at most), so the answer is never late: a late
+/// answer breaks the Python SDK's reader (spec §6).
+pub const READ_DEADLINE_MARGIN_MS_MAX: i64 = 100;
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            tokens: None,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            in_flight_per_connection: IN_FLIGHT_PER_CONNECTION_DEFAULT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            store_timeout: STORE_TIMEOUT,
+        }
+    }
+}
+
+/// Serves connections until the task is dropped.
+pub async fn serve(listener: TcpListener, settings: Arc<IngestSettings>, bus: BusClient) {
+    let slots = Arc::new(Semaphore::new(settings.connections_max));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (settings, bus) = (settings.clone(), bus.clone());
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, peer, settings, bus).await {
+                tracing::info!(%peer, error = %e, "connection closed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+#[derive(Debug)]
+enum FrameError {
+    Eof,
+    Io(std::io::Error),
+    Invalid(String),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Eof => write!(f, "end of stream"),
+            FrameError::Io(e) => write!(f, "{e}"),
+            FrameError::Invalid(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// Reads one frame with exact reads; the declared length is checked against
+/// the limit before anything is allocated.
+async fn read_frame(rd: &mut OwnedReadHalf, max: u32) -> Result<(u8, Vec<u8>), FrameError> {
+    let mut header = [0u8; 5];
+    match rd.read_exact(&mut header[..4]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Eof),
+        Err(e) => return Err(FrameError::Io(e)),
+    }
+    let len = i32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    if len < 1 {
+        return Err(FrameError::Invalid(format!(
+            "frame length {len} is below 1"
+        )));
+    }
+    if len as u32 > max {
+        return Err(FrameError::Invalid(format!(
+            "frame of {len} bytes exceeds the limit of {max} bytes"
+        )));
+    }
+    rd.read_exact(&mut header[4..5])
+        .await
+        .map_err(FrameError::Io)?;
+    let mut payload = vec![0u8; len as usize - 1];
+    rd.read_exact(&mut payload).await.map_err(FrameError::Io)?;
+    Ok((header[4], payload))
+}
+
+fn choose_version(c: &wire::ConnectRequest) -> Result<&'static str, (i64, String)> {
+    let supported = |v: &str| wire::PROTOCOL_VERSIONS.iter().copied().find(|s| *s == v);
+    let Some(requested) = c.protocol_version.as_deref() else {
+        return Err((
+            status::INVALID_PROTOCOL_VERSION,
+            "protocolVersion is required".into(),
+        ));
+    };
+    if requested.split('.').count() != 3 || requested.split('.').any(|p| p.parse::<u32>().is_err())
+    {
+        return Err((
+            status::INVALID_PROTOCOL_VERSION,
+            format!("protocolVersion {requested:?} is not of the form major.minor.patch"),
+        ));
+    }
+    supported(requested)
+        .or_else(|| {
+            c.other_supported_protocol_versions
+                .iter()
+                .find_map(|v| supported(v))
+        })
+        .ok_or_else(|| {
+            (
+                status::UNSUPPORTED_PROTOCOL_VERSION,
+                format!(
+                    "protocol version {requested} is not supported; this server speaks {}",
+                    wire::PROTOCOL_VERSIONS.join(", ")
+                ),
+            )
+        })
+}
+
+async fn handshake(
+    rd: &mut OwnedReadHalf,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    settings: &IngestSettings,
+) -> Result<(), String> {
+    let mut version = [0u8; 1];
+    rd.read_exact(&mut version)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reject = |request_id: Option<&str>, code: i64, message: &str| {
+        let mut out = vec![wire::CONNECT_VERSION];
+        out.extend(wire::frame(
+            op::CONNECT_RESPONSE,
+            &wire::connect_response(request_id, code, Some(message), wire::PROTOCOL_VERSIONS[0]),
+        ));
+        out
+    };
+    if version[0] != wire::CONNECT_VERSION {
+        let msg = format!(
+            "connect version {} is not supported; expected 1",
+            version[0]
+        );
+        let _ = wr
+            .write_all(&reject(None, status::UNSUPPORTED_CONNECT_VERSION, &msg))
+            .await;
+        return Err(msg);
+    }
+    let (opcode, payload) = read_frame(rd, settings.frame_bytes_max)
+        .await
+        .map_err(|e| e.to_string())?;
+    if opcode != op::CONNECT {
+        let msg = format!("expected Connect (1) first, got operation {opcode}");
+        let _ = wr
+            .write_all(&reject(None, status::UNEXPECTED_OPERATION, &msg))
+            .await;
+        return Err(msg);
+    }
+    let connect = match wire::decode_connect(&payload) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = wr
+                .write_all(&reject(
+                    e.request_id.as_deref(),
+                    status::INVALID_REQUEST,
+                    &e.message,
+                ))
+                .await;
+            return Err(e.message);
+        }
+    };
+    if let Some(tokens) = &settings.tokens {
+        let ok = connect
+            .auth_token
+            .as_ref()
+            .is_some_and(|t| tokens.contains(t));
+        if !ok {
+            let _ = wr
+                .write_all(&reject(
+                    connect.request_id.as_deref(),
+                    status::UNAUTHORIZED,
+                    "Unauthorized",
+                ))
+                .await;
+            return Err("wrong or missing authToken".into());
+        }
+    }
+    let version = match choose_version(&connect) {
+        Ok(v) => v,
+        Err((code, msg)) => {
+            let _ = wr
+                .write_all(&reject(connect.request_id.as_deref(), code, &msg))
+                .await;
+            return Err(msg);
+        }
+    };
+    let mut out = vec![wire::CONNECT_VERSION];
+    out.extend(wire::frame(
+        op::CONNECT_RESPONSE,
+        &wire::connect_response(
+            connect.request_id.as_deref(),
+            status::SUCCESS,
+            None,
+            version,
+        ),
+    ));
+    wr.write_all(&out).await.map_err(|e| e.to_string())
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<IngestSettings>,
+    bus: BusClient,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    let (mut rd, mut wr) = stream.into_split();
+    tokio::time::timeout(
+        settings.handshake_timeout,
+        handshake(&mut rd, &mut wr, &settings),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())??;
+    tracing::debug!(%peer, "client connected");
+
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(settings.in_flight_per_connection);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let in_flight = Arc::new(Semaphore::new(settings.in_flight_per_connection));
+    let result = loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break Ok(());
+        };
+        let (opcode, payload) = match read_frame(&mut rd, settings.frame_bytes_max).await {
+            Ok(f) => f,
+            Err(FrameError::Eof) => break Ok(()),
+            Err(e) => break Err(format!("framing: {e}")),
+        };
+        let known = matches!(
+            opcode,
+            op::CREATE | op::DELETE | op::APPEND | op::READ | op::LIST | op::DESCRIBE | op::UPDATE
+        );
+        if !known {
+            let id = wire::parse_map(&payload)
+                .ok()
+                .and_then(|m| wire::request_id_of(&m));
+            let Some(id) = id else {
+                break Err(format!("operation {opcode} without a readable requestId"));
+            };
+            let body = wire::response(
+                &id,
+                status::UNKNOWN_OPERATION,
+                Some(&format!("operation {opcode} is not supported")),
+                Vec::new(),
+            );
+            if tx
+                .send(wire::frame(op::UNKNOWN_OPERATION_ERROR, &body))
+                .await
+                .is_err()
+            {
+                break Ok(());
+            }
+            continue;
+        }
+        let (id, request) = match wire::decode_request(opcode, &payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let Some(id) = e.request_id else {
+                    break Err(format!(
+                        "undecodable request without a requestId: {}",
+                        e.message
+                    ));
+                };
+                tracing::info!(%peer, opcode, error = %e.message, "invalid request");
+                let body =
+                    wire::response(&id, status::INVALID_REQUEST, Some(&e.message), Vec::new());
+                if tx
+                    .send(wire::frame(wire::response_op(opcode), &body))
+                    .await
+                    .is_err()
+                {
+                    break Ok(());
+                }
+                continue;
+            }
+        };
+        let (bus_request, timeout, read_stream) = to_bus(request, settings.store_timeout);
+        let pending = bus.submit(bus_request, timeout).await;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let reply = match pending {
+                Ok(p) => p.wait().await,
+                Err(e) => Err(e),
+            };
+            let body = to_wire(&id, reply, read_stream.as_deref());
+            let _ = tx.send(wire::frame(wire::response_op(opcode), &body)).await;
+            drop(permit);
+        });
+    };
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+/// The bus request for an SDK request, its timeout, and the stream name a
+/// read response needs.
+fn to_bus(request: ClientRequest, store_timeout: Duration) -> (Request, Duration, Option<String>) {
+    match request {
+        ClientRequest::Create(definition) => {
+            (Request::CreateStream { definition }, store_timeout, None)
+        }
+        ClientRequest::Update(definition) => {
+            (Request::UpdateStream { definition }, store_timeout, None)
+        }
+        ClientRequest::Delete { name } => (Request::DeleteStream { name }, store_timeout, None),
+        ClientRequest::Describe { name } => (Request::DescribeStream { name }, store_timeout, None),
+        ClientRequest::List => (Request::ListStreams, store_timeout, None),
+        ClientRequest::Append { name, payload } => (
+            Request::Append {
+                stream: name,
+                payload,
+            },
+            store_timeout,
+            None,
+        ),
+        ClientRequest::Read {
+            stream,
+            start,
+            min,
+            max,
+            timeout_ms,
+        } => {
+            let wait = timeout_ms.map(|t| {
+                if t <= 0 {
+                    t
+                } else {
+                    t - (t / 10).min(READ_DEADLINE_MARGIN_MS_MAX)
+                }
+            });
+            let waited = Duration::from_millis(wait.unwrap_or(0).clamp(0, 1 << 40) as u64);
+            (
+                Request::Read {
+                    stream: stream.clone(),
+                    start_sequence_number: start,
+                    min_count: min,
+                    max_count: max,
+                    wait_ms: wait,
+                },
+                store_timeout + waited,
+                Some(stream),
+            )
+        }
+    }
+}
+
+/// The response payload for a store reply.
+fn to_wire(id: &str, reply: Result<Response, BusError>, read_stream: Option<&str>) -> Vec<u8> {
+    match reply {
+        Ok(Response::Appended {
+            sequence_number, ..
+        }) => wire::response(
+            id,
+            status::SUCCESS,
+            None,
+            wire::append_fields(sequence_number),
+        ),
+        Ok(Response::Messages(m)) => wire::response(
+            id,
+            status::SUCCESS,
+            None,
+            wire::read_fields(read_stream.unwrap_or(""), m),
+        ),
+        Ok(Response::Streams(s)) => wire::response(id, status::SUCCESS, None, wire::list_fields(s)),
+        Ok(Response::Described(info)) => {
+            wire::response(id, status::SUCCESS, None, wire::describe_fields(&info))
+        }
+        Ok(Response::Created | Response::Updated | Response::Deleted) => {
+            wire::response(id, status::SUCCESS, None, Vec::new())
+        }
+        Ok(other) => wire::response(
+            id,
+            status::UNKNOWN_FAILURE,
+            Some(&format!("unexpected store answer {other:?}")),
+            Vec::new(),
+        ),
+        Err(BusError::Remote(e)) => {
+            wire::response(id, wire::status_of(e.kind), Some(&e.message), Vec::new())
+        }
+        Err(BusError::Timeout(t)) => wire::response(
+            id,
+            status::SERVER_TIMEOUT,
+            Some(&format!("the store did not answer within {t:?}")),
+            Vec::new(),
+        ),
+        Err(e) => wire::response(
+            id,
+            status::UNKNOWN_FAILURE,
+            Some(&e.to_string()),
+            Vec::new(),
+        ),
+    }
+}
