@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use bus::{BusClient, BusError};
 use bus_schema::{Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -43,6 +42,10 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
 pub const IN_FLIGHT_PER_CONNECTION_DEFAULT: usize = 256;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read buffer per connection, in bytes.
+pub const READ_BUFFER_BYTES: usize = 16 * 1024;
+/// Ready response frames are gathered into one write up to this many bytes.
+pub const WRITE_COALESCE_BYTES: usize = 64 * 1024;
 /// A long-poll read is answered this much before the client's
 /// `readTimeoutMillis` (at most), so the answer is never late: a late
 /// answer breaks the Python SDK's reader (spec §6).
@@ -105,7 +108,10 @@ impl std::fmt::Display for FrameError {
 
 /// Reads one frame with exact reads; the declared length is checked against
 /// the limit before anything is allocated.
-async fn read_frame(rd: &mut OwnedReadHalf, max: u32) -> Result<(u8, Vec<u8>), FrameError> {
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    max: u32,
+) -> Result<(u8, Vec<u8>), FrameError> {
     let mut header = [0u8; 5];
     match rd.read_exact(&mut header[..4]).await {
         Ok(_) => {}
@@ -163,8 +169,8 @@ fn choose_version(c: &wire::ConnectRequest) -> Result<&'static str, (i64, String
         })
 }
 
-async fn handshake(
-    rd: &mut OwnedReadHalf,
+async fn handshake<R: AsyncRead + Unpin>(
+    rd: &mut R,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     settings: &IngestSettings,
 ) -> Result<(), String> {
@@ -262,7 +268,10 @@ async fn connection(
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10));
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
+    // Buffered: a frame header is read with two small exact reads, which
+    // would otherwise be two system calls per request.
+    let mut rd = BufReader::with_capacity(READ_BUFFER_BYTES, rd);
     tokio::time::timeout(
         settings.handshake_timeout,
         handshake(&mut rd, &mut wr, &settings),
@@ -273,8 +282,19 @@ async fn connection(
 
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(settings.in_flight_per_connection);
     let writer = tokio::spawn(async move {
+        // Frames that are ready together go out in one write; a frame is
+        // never split across writes of other frames.
+        let mut out = Vec::new();
         while let Some(frame) = rx.recv().await {
-            if wr.write_all(&frame).await.is_err() {
+            out.clear();
+            out.extend_from_slice(&frame);
+            while out.len() < WRITE_COALESCE_BYTES {
+                match rx.try_recv() {
+                    Ok(more) => out.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&out).await.is_err() {
                 return;
             }
         }
