@@ -15,6 +15,7 @@
 
 mod client;
 mod server;
+pub mod settings;
 
 pub use client::{BusClient, BusClientConfig, PendingReply};
 pub use server::{BusServer, Incoming, PeerId};

@@ -35,16 +35,10 @@ impl IngestConfig {
                 PORT_DEFAULT
             }),
         };
-        let root = PathBuf::from(
-            get("STREAM_MANAGER_STORE_ROOT_DIR").unwrap_or_else(|| "stream-manager-data".into()),
-        );
-        let root = if root.is_absolute() {
-            root
-        } else {
-            std::env::current_dir()
-                .map(|d| d.join(&root))
-                .unwrap_or(root)
-        };
+        let root = bus::settings::store_root(&get).unwrap_or_else(|e| {
+            problems.push(e);
+            PathBuf::new()
+        });
         let authenticate = match get("STREAM_MANAGER_AUTHENTICATE_CLIENT")
             .map(|v| v.trim().to_ascii_lowercase())
         {
@@ -110,18 +104,10 @@ impl IngestConfig {
                 )),
             }
         }
-        let log_filter = match get("LOG_LEVEL").map(|l| l.trim().to_ascii_uppercase()) {
-            None => "info".to_string(),
-            Some(l) if ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&l.as_str()) => {
-                l.to_ascii_lowercase()
-            }
-            Some(l) => {
-                problems.push(format!(
-                    "LOG_LEVEL {l:?} is not one of TRACE, DEBUG, INFO, WARN, ERROR"
-                ));
-                "info".to_string()
-            }
-        };
+        let log_filter = bus::settings::log_level(&get).unwrap_or_else(|e| {
+            problems.push(e);
+            "info".to_string()
+        });
         if problems.is_empty() {
             Ok(Self {
                 port,

@@ -3,12 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// Store root used when `STREAM_MANAGER_STORE_ROOT_DIR` is not set, relative to
-/// the working directory.
-pub const STORE_ROOT_DIR_DEFAULT: &str = "stream-manager-data";
-
-/// Log levels `LOG_LEVEL` accepts (Greengrass names).
-pub const LOG_LEVELS: [&str; 5] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"];
+pub use bus::settings::{LOG_LEVELS, STORE_ROOT_DIR_DEFAULT};
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -22,36 +17,14 @@ impl StoreConfig {
     /// Reads the settings from a variable lookup (the environment in `main`).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
-        let root = match get("STREAM_MANAGER_STORE_ROOT_DIR") {
-            Some(v) if v.trim().is_empty() => {
-                problems.push("STREAM_MANAGER_STORE_ROOT_DIR is set but empty".to_string());
-                PathBuf::new()
-            }
-            Some(v) => PathBuf::from(v),
-            None => PathBuf::from(STORE_ROOT_DIR_DEFAULT),
-        };
-        let root = if root.is_absolute() {
-            root
-        } else {
-            std::env::current_dir()
-                .map(|d| d.join(&root))
-                .unwrap_or(root)
-        };
-        let log_filter = match get("LOG_LEVEL") {
-            None => "info".to_string(),
-            Some(level) => {
-                let upper = level.trim().to_ascii_uppercase();
-                if LOG_LEVELS.contains(&upper.as_str()) {
-                    upper.to_ascii_lowercase()
-                } else {
-                    problems.push(format!(
-                        "LOG_LEVEL {level:?} is not one of {}",
-                        LOG_LEVELS.join(", ")
-                    ));
-                    "info".to_string()
-                }
-            }
-        };
+        let root = bus::settings::store_root(&get).unwrap_or_else(|e| {
+            problems.push(e);
+            PathBuf::new()
+        });
+        let log_filter = bus::settings::log_level(&get).unwrap_or_else(|e| {
+            problems.push(e);
+            "info".to_string()
+        });
         if problems.is_empty() {
             Ok(Self { root, log_filter })
         } else {

@@ -111,3 +111,21 @@ impl Drop for System {
         }
     }
 }
+
+/// Runs an SDK check script against `system` (port in
+/// `STREAM_MANAGER_SERVER_PORT`) and asserts that every check passed: the
+/// script exits 0 and closes with `N passed, 0 failed`.
+pub fn run_checks(mut cmd: Command, system: &System, what: &str) {
+    let out = cmd
+        .env("STREAM_MANAGER_SERVER_PORT", system.port.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the {what} checks: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{what} checks failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}

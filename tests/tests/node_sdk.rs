@@ -12,18 +12,7 @@ fn the_npm_sdk_works_unchanged() {
         "tests/node/node_modules is missing: run scripts/test-all, which installs the pinned npm SDK"
     );
     let system = stream_manager_tests::System::start();
-    let out = Command::new("node")
-        .arg(dir.join("sdk_e2e.js"))
-        .current_dir(&dir)
-        .env("STREAM_MANAGER_SERVER_PORT", system.port.to_string())
-        .output()
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "npm SDK checks failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("sdk_e2e.js")).current_dir(&dir);
+    stream_manager_tests::run_checks(cmd, &system, "npm SDK");
 }
