@@ -675,6 +675,9 @@ impl StoreServer {
     }
 
     fn housekeeping(&mut self) {
+        if let Some(e) = self.engine.background_sync_failure() {
+            self.fatal(EngineError::Storage(format!("background sync failed: {e}")));
+        }
         let now = Instant::now();
         if now >= self.next_expiry {
             self.next_expiry = now + Duration::from_millis(EXPIRY_INTERVAL_MS);
