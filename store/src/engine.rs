@@ -247,7 +247,8 @@ impl BackgroundSync {
                 .name("store-sync".into())
                 .spawn(move || {
                     while !stop.load(Ordering::SeqCst) {
-                        std::thread::sleep(std::time::Duration::from_millis(
+                        // Parked, not asleep, so that a stop is immediate.
+                        std::thread::park_timeout(std::time::Duration::from_millis(
                             BACKGROUND_SYNC_INTERVAL_MS,
                         ));
                         if dirty.swap(false, Ordering::SeqCst) {
@@ -273,6 +274,7 @@ impl Drop for BackgroundSync {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
