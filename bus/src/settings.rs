@@ -47,3 +47,14 @@ pub fn log_level(get: &impl Fn(&str) -> Option<String>) -> Result<String, String
         }
     }
 }
+
+/// Creates `dir` (and parents) with owner-only permissions, and tightens an
+/// existing one (the store root holds data and control sockets).
+pub fn ensure_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}

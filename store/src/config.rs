@@ -1,7 +1,7 @@
 //! The store process's settings, read from the Greengrass-named environment
 //! variables and validated at start-up (every problem reported at once).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub use bus::settings::{LOG_LEVELS, STORE_ROOT_DIR_DEFAULT};
 
@@ -45,16 +45,7 @@ impl StoreConfig {
     }
 }
 
-/// Creates `dir` (and parents) with owner-only permissions, and tightens an
-/// existing one.
-pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
+pub use bus::settings::ensure_private_dir;
 
 #[cfg(test)]
 mod tests {

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             config.log_filter
         )))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(&config) {
         Ok(Stop::Requested) => ExitCode::SUCCESS,

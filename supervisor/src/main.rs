@@ -1,7 +1,289 @@
-//! `supervisor`: not built yet (issue 3). The crate exists so the workspace has
-//! the product's shape; the process refuses to start rather than pretend.
+//! `stream-manager`: the operator's entry point.
+//!
+//! - `stream-manager [--config FILE]`: validates the whole configuration,
+//!   starts the store, waits until it answers, starts the ingest, supervises
+//!   both in the foreground; SIGTERM/SIGINT stop intake first, then the
+//!   store, within deadlines (a second signal kills at once).
+//! - `stream-manager status [--json]`, `restart <process>`, `stop`: talk to
+//!   the running system through its control socket
+//!   (`<store root>/supervisor.sock`, owner-only).
+//!
+//! Signal handlers only set flags; all work happens in the main loop.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("supervisor is not implemented yet (issue 3); see README.md");
-    std::process::ExitCode::from(2)
+mod children;
+mod config;
+mod control;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use children::ChildProc;
+use config::SystemConfig;
+
+/// How long the store has to answer after it starts.
+pub const STORE_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Grace given to the ingest (and, later, exporters) on shutdown.
+pub const INTAKE_STOP_GRACE: Duration = Duration::from_secs(5);
+/// Grace given to the store on shutdown (it syncs and writes memtables out).
+pub const STORE_STOP_GRACE: Duration = Duration::from_secs(20);
+/// Main loop tick.
+const TICK: Duration = Duration::from_millis(50);
+
+/// The processes, in start order. Exporters join this list as they are built.
+pub const PROCESSES: [&str; 2] = ["store", "ingest"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config_file = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+    let rest: Vec<&str> = {
+        let mut v = Vec::new();
+        let mut skip = false;
+        for a in &args {
+            if skip {
+                skip = false;
+                continue;
+            }
+            if a == "--config" {
+                skip = true;
+                continue;
+            }
+            v.push(a.as_str());
+        }
+        v
+    };
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = match SystemConfig::load(&env, config_file.as_deref()) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprintln!("stream-manager: invalid configuration:");
+            for p in problems {
+                eprintln!("  - {p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    match rest.as_slice() {
+        [] => run(config),
+        ["status"] => control::client(&config, "status", false),
+        ["status", "--json"] => control::client(&config, "status", true),
+        ["restart", name] => control::client(&config, &format!("restart {name}"), false),
+        ["stop"] => control::client(&config, "stop", false),
+        other => {
+            eprintln!(
+                "stream-manager: unknown command {:?}\nusage: stream-manager [--config FILE] [status [--json] | restart <process> | stop]",
+                other.join(" ")
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// With `STREAM_MANAGER_SERVER_PORT=0` the ingest picks a free port at its
+/// first start; later starts keep that port, so clients that learned it keep
+/// working across restarts.
+fn pin_ingest_port(config: &SystemConfig, procs: &mut [ChildProc]) {
+    if config
+        .vars
+        .get("STREAM_MANAGER_SERVER_PORT")
+        .map(String::as_str)
+        != Some("0")
+    {
+        return;
+    }
+    let Ok(text) = std::fs::read_to_string(config.root.join("ingest.port")) else {
+        return;
+    };
+    if let (Ok(port), Some(p)) = (
+        text.trim().parse::<u16>(),
+        procs.iter_mut().find(|p| p.name == "ingest"),
+    ) {
+        p.set_env("STREAM_MANAGER_SERVER_PORT", port.to_string());
+    }
+}
+
+/// What the control socket asks the main loop to do.
+#[derive(Default)]
+pub struct Requests {
+    pub restart: Vec<String>,
+    pub stop: bool,
+}
+
+pub struct Shared {
+    pub procs: Mutex<Vec<children::ProcStatus>>,
+    pub requests: Mutex<Requests>,
+}
+
+fn run(config: SystemConfig) -> ExitCode {
+    if let Err(e) = bus::settings::ensure_private_dir(&config.root) {
+        eprintln!(
+            "stream-manager: cannot create {}: {e}",
+            config.root.display()
+        );
+        return ExitCode::from(2);
+    }
+    let signals = Arc::new(AtomicUsize::new(0));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let s = signals.clone();
+        // SAFETY: the handler only increments an atomic counter.
+        let r = unsafe {
+            signal_hook::low_level::register(sig, move || {
+                s.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        if let Err(e) = r {
+            eprintln!("stream-manager: cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let shared = Arc::new(Shared {
+        procs: Mutex::new(Vec::new()),
+        requests: Mutex::new(Requests::default()),
+    });
+    let listener = match control::listen(&config, shared.clone()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("stream-manager: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dir = match std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+    {
+        Some(d) => d,
+        None => {
+            eprintln!("stream-manager: cannot find the directory of this program");
+            return ExitCode::from(2);
+        }
+    };
+    let mut procs: Vec<ChildProc> = PROCESSES
+        .iter()
+        .map(|name| ChildProc::new(name, dir.join(name), config.vars.clone()))
+        .collect();
+    let started = Instant::now();
+    // Store first; the ingest only once the store answers.
+    if let Err(e) = procs[0].spawn() {
+        eprintln!("stream-manager: cannot start the store: {e}");
+        return ExitCode::from(2);
+    }
+    let bus = bus::BusClient::connect(&bus::store_endpoint(&config.root), Default::default());
+    let ready = bus.as_ref().is_ok_and(|b| {
+        let deadline = Instant::now() + STORE_READY_TIMEOUT;
+        loop {
+            if matches!(
+                b.call(bus_schema::Request::Health, Duration::from_millis(200)),
+                Ok(bus_schema::Response::Health(_))
+            ) {
+                break true;
+            }
+            if Instant::now() > deadline
+                || signals.load(Ordering::SeqCst) > 0
+                || procs[0].reap(true)
+            {
+                break false;
+            }
+        }
+    });
+    if !ready {
+        eprintln!(
+            "stream-manager: the store did not become ready ({}); stopping",
+            procs[0]
+                .last_exit
+                .clone()
+                .unwrap_or_else(|| "no answer".into())
+        );
+        procs[0].stop(STORE_STOP_GRACE);
+        drop(listener);
+        return ExitCode::from(1);
+    }
+    for p in procs.iter_mut().skip(1) {
+        if let Err(e) = p.spawn() {
+            eprintln!("stream-manager: cannot start {}: {e}", p.name);
+        }
+    }
+    *shared.procs.lock().unwrap_or_else(|p| p.into_inner()) =
+        procs.iter().map(ChildProc::status).collect();
+    eprintln!(
+        "[supervisor] all processes started in {} ms (store root {})",
+        started.elapsed().as_millis(),
+        config.root.display()
+    );
+
+    let mut handled_signals = 0;
+    loop {
+        *shared.procs.lock().unwrap_or_else(|p| p.into_inner()) =
+            procs.iter().map(ChildProc::status).collect();
+        let sigs = signals.load(Ordering::SeqCst);
+        let stop_requested = std::mem::take(
+            &mut shared
+                .requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .stop,
+        );
+        if sigs > handled_signals || stop_requested {
+            handled_signals = sigs;
+            break;
+        }
+        let restarts = std::mem::take(
+            &mut shared
+                .requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .restart,
+        );
+        for name in restarts {
+            if let Some(p) = procs.iter_mut().find(|p| p.name == name) {
+                let grace = if p.name == "store" {
+                    STORE_STOP_GRACE
+                } else {
+                    INTAKE_STOP_GRACE
+                };
+                p.restart_now(grace);
+            }
+        }
+        pin_ingest_port(&config, &mut procs);
+        for p in procs.iter_mut() {
+            p.reap(false);
+            p.restart_if_due();
+        }
+        std::thread::sleep(TICK);
+    }
+
+    // Shutdown: intake first, then the store; a second signal kills.
+    eprintln!("[supervisor] stopping");
+    let killer = {
+        let signals = signals.clone();
+        let pids: Vec<u32> = procs.iter().filter_map(ChildProc::pid).collect();
+        std::thread::spawn(move || loop {
+            if signals.load(Ordering::SeqCst) > handled_signals {
+                for pid in &pids {
+                    // SAFETY: signalling our own children's process groups.
+                    unsafe { libc::kill(-(*pid as i32), libc::SIGKILL) };
+                }
+                return;
+            }
+            std::thread::sleep(TICK);
+        })
+    };
+    for p in procs.iter_mut().rev() {
+        let grace = if p.name == "store" {
+            STORE_STOP_GRACE
+        } else {
+            INTAKE_STOP_GRACE
+        };
+        p.stop(grace);
+    }
+    drop(killer);
+    drop(listener);
+    eprintln!("[supervisor] stopped");
+    ExitCode::SUCCESS
 }

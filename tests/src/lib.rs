@@ -129,3 +129,100 @@ pub fn run_checks(mut cmd: Command, system: &System, what: &str) {
     );
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
+
+/// A minimal SDK wire-protocol client for tests that need raw frames.
+pub mod wire_client {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    pub fn connect(port: u16) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// Reads one frame: (opcode, payload as JSON-ish CBOR value).
+    pub fn read_frame(s: &mut TcpStream) -> std::io::Result<(u8, ciborium::Value)> {
+        let mut h = [0u8; 5];
+        s.read_exact(&mut h)?;
+        let len = u32::from_be_bytes(h[..4].try_into().unwrap()) as usize;
+        let mut p = vec![0u8; len - 1];
+        s.read_exact(&mut p)?;
+        Ok((h[4], ciborium::from_reader(&p[..]).unwrap()))
+    }
+
+    pub fn field<'a>(v: &'a ciborium::Value, key: &str) -> Option<&'a ciborium::Value> {
+        v.as_map()?
+            .iter()
+            .find(|(k, _)| k.as_text() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    pub fn status(v: &ciborium::Value) -> i64 {
+        i128::from(field(v, "status").unwrap().as_integer().unwrap()) as i64
+    }
+
+    pub fn frame(op: u8, payload: &ciborium::Value) -> Vec<u8> {
+        let mut p = Vec::new();
+        ciborium::into_writer(payload, &mut p).unwrap();
+        let mut out = ((p.len() + 1) as u32).to_be_bytes().to_vec();
+        out.push(op);
+        out.extend(p);
+        out
+    }
+
+    pub fn hello(s: &mut TcpStream) {
+        let connect = ciborium::Value::Map(vec![
+            ("requestId".into(), "c".into()),
+            ("protocolVersion".into(), "1.1.0".into()),
+            ("sdkVersion".into(), "raw".into()),
+        ]);
+        let mut out = vec![1u8];
+        out.extend(frame(1, &connect));
+        s.write_all(&out).unwrap();
+        let mut v = [0u8; 1];
+        s.read_exact(&mut v).unwrap();
+        assert_eq!(v[0], 1);
+        let (op, r) = read_frame(s).unwrap();
+        assert_eq!((op, status(&r)), (6, 0));
+    }
+
+    pub fn closed(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(s.read(&mut buf), Ok(0) | Err(_))
+    }
+
+    /// Appends `payload` to `stream` on a connected socket; returns the
+    /// response's status and sequence number.
+    pub fn append(s: &mut TcpStream, stream: &str, payload: &[u8]) -> (i64, Option<i64>) {
+        let req = ciborium::Value::Map(vec![
+            ("requestId".into(), "a".into()),
+            ("name".into(), stream.into()),
+            ("payload".into(), ciborium::Value::Bytes(payload.to_vec())),
+        ]);
+        s.write_all(&frame(4, &req)).unwrap();
+        let (_, r) = read_frame(s).unwrap();
+        let seq = field(&r, "sequenceNumber")
+            .and_then(|v| v.as_integer())
+            .map(|i| i128::from(i) as i64);
+        (status(&r), seq)
+    }
+
+    /// Creates a stream (RejectNewData, defaults) on a connected socket;
+    /// returns the status.
+    pub fn create(s: &mut TcpStream, stream: &str) -> i64 {
+        let req = ciborium::Value::Map(vec![
+            ("requestId".into(), "c".into()),
+            (
+                "definition".into(),
+                ciborium::Value::Map(vec![
+                    ("name".into(), stream.into()),
+                    ("strategyOnFull".into(), 0.into()),
+                ]),
+            ),
+        ]);
+        s.write_all(&frame(2, &req)).unwrap();
+        status(&read_frame(s).unwrap().1)
+    }
+}

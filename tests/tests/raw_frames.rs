@@ -4,73 +4,15 @@
 //! client gets the right status or a closed connection; others are unharmed.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
 
 use serde_json::Value as Json;
+use stream_manager_tests::wire_client::*;
 use stream_manager_tests::System;
 
 fn vectors() -> Vec<Json> {
     let text = include_str!("../../ingest/tests/fixtures/sdk-vectors.json");
     let all: Json = serde_json::from_str(text).unwrap();
     all["vectors"].as_array().unwrap().clone()
-}
-
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
-/// Reads one frame: (opcode, payload as JSON-ish CBOR value).
-fn read_frame(s: &mut TcpStream) -> std::io::Result<(u8, ciborium::Value)> {
-    let mut h = [0u8; 5];
-    s.read_exact(&mut h)?;
-    let len = u32::from_be_bytes(h[..4].try_into().unwrap()) as usize;
-    let mut p = vec![0u8; len - 1];
-    s.read_exact(&mut p)?;
-    Ok((h[4], ciborium::from_reader(&p[..]).unwrap()))
-}
-
-fn field<'a>(v: &'a ciborium::Value, key: &str) -> Option<&'a ciborium::Value> {
-    v.as_map()?
-        .iter()
-        .find(|(k, _)| k.as_text() == Some(key))
-        .map(|(_, v)| v)
-}
-
-fn status(v: &ciborium::Value) -> i64 {
-    i128::from(field(v, "status").unwrap().as_integer().unwrap()) as i64
-}
-
-fn frame(op: u8, payload: &ciborium::Value) -> Vec<u8> {
-    let mut p = Vec::new();
-    ciborium::into_writer(payload, &mut p).unwrap();
-    let mut out = ((p.len() + 1) as u32).to_be_bytes().to_vec();
-    out.push(op);
-    out.extend(p);
-    out
-}
-
-fn hello(s: &mut TcpStream) {
-    let connect = ciborium::Value::Map(vec![
-        ("requestId".into(), "c".into()),
-        ("protocolVersion".into(), "1.1.0".into()),
-        ("sdkVersion".into(), "raw".into()),
-    ]);
-    let mut out = vec![1u8];
-    out.extend(frame(1, &connect));
-    s.write_all(&out).unwrap();
-    let mut v = [0u8; 1];
-    s.read_exact(&mut v).unwrap();
-    assert_eq!(v[0], 1);
-    let (op, r) = read_frame(s).unwrap();
-    assert_eq!((op, status(&r)), (6, 0));
-}
-
-fn closed(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(0) | Err(_))
 }
 
 #[test]

@@ -1,0 +1,302 @@
+//! The `stream-manager` binary end to end: everything comes up and takes
+//! appends, `status` lists the processes, `restart` touches only the named
+//! one, kill -9 of any child is recovered, SIGTERM leaves no process behind,
+//! an invalid configuration lists every problem, a crash-looping child is
+//! reported and backed off.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use stream_manager_tests::bin;
+use stream_manager_tests::wire_client;
+
+struct Running {
+    root: tempfile::TempDir,
+    sm: Child,
+}
+
+impl Running {
+    fn start(extra: &[(&str, &str)]) -> Self {
+        Self::start_at(tempfile::tempdir().unwrap(), extra)
+    }
+
+    fn start_at(root: tempfile::TempDir, extra: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(bin("stream-manager"));
+        cmd.env("STREAM_MANAGER_STORE_ROOT_DIR", root.path())
+            .env("STREAM_MANAGER_SERVER_PORT", "0")
+            .env("LOG_LEVEL", "WARN")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let sm = cmd.spawn().unwrap();
+        let r = Running { root, sm };
+        let start = Instant::now();
+        let all_up = |s: Option<Json>| {
+            s.is_some_and(|s| {
+                s["processes"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["pid"].is_u64()))
+            })
+        };
+        while !all_up(r.status()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "stream-manager did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("stream-manager"))
+            .args(args)
+            .env("STREAM_MANAGER_STORE_ROOT_DIR", self.root.path())
+            .output()
+            .unwrap()
+    }
+
+    fn status(&self) -> Option<Json> {
+        let out = self.command(&["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    fn pid(&self, name: &str) -> Option<u64> {
+        let s = self.status()?;
+        s["processes"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)?["pid"]
+            .as_u64()
+    }
+
+    fn port(&self) -> u16 {
+        let start = Instant::now();
+        loop {
+            if let Ok(p) = std::fs::read_to_string(self.root.path().join("ingest.port")) {
+                if let Ok(port) = p.trim().parse() {
+                    if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                        return port;
+                    }
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "ingest never listened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Connects an SDK-protocol client, retrying while processes restart.
+    fn client(&self) -> TcpStream {
+        let start = Instant::now();
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port())) {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                wire_client::hello(&mut s);
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Appends until one succeeds (processes may be restarting, so a
+    /// connection may break under the client; that attempt is retried).
+    fn append_eventually(&self, stream: &str, payload: &[u8]) -> i64 {
+        let start = Instant::now();
+        loop {
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut c = self.client();
+                wire_client::append(&mut c, stream, payload)
+            }));
+            if let Ok((0, Some(seq))) = attempt {
+                return seq;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "appends never worked again"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.sm.id() as i32, libc::SIGTERM) };
+        let _ = self.sm.wait();
+    }
+}
+
+fn alive(pid: u64) -> bool {
+    // A zombie still has a /proc entry; look at its state.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn all_processes_come_up_status_lists_them_and_an_sdk_client_appends() {
+    let r = Running::start(&[]);
+    let mut c = r.client();
+    assert_eq!(wire_client::create(&mut c, "s"), 0);
+    assert_eq!(wire_client::append(&mut c, "s", b"hello"), (0, Some(0)));
+    let s = r.status().unwrap();
+    let names: Vec<&str> = s["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["store", "ingest"]);
+    assert!(s["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["state"] == "running" && p["pid"].is_u64()));
+    assert_eq!(s["streams"][0]["name"], "s");
+    assert_eq!(s["streams"][0]["newest_sequence_number"], 0);
+    let table = r.command(&["status"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("PROCESS"));
+}
+
+#[test]
+fn restart_changes_only_the_named_process() {
+    let r = Running::start(&[]);
+    let (store, ingest) = (r.pid("store").unwrap(), r.pid("ingest").unwrap());
+    let out = r.command(&["restart", "ingest"]);
+    assert!(out.status.success());
+    let start = Instant::now();
+    while r.pid("ingest") == Some(ingest) {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(r.pid("store"), Some(store));
+    assert!(!alive(ingest));
+    let bad = r.command(&["restart", "nonsense"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown process"));
+}
+
+#[test]
+fn kill_9_of_each_child_is_recovered_and_appends_keep_working() {
+    let r = Running::start(&[]);
+    let mut c = r.client();
+    assert_eq!(wire_client::create(&mut c, "s"), 0);
+    for (expected, name) in ["ingest", "store", "ingest", "store"]
+        .into_iter()
+        .enumerate()
+    {
+        let pid = r.pid(name).unwrap();
+        // SAFETY: signalling a process of the system under test.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let seq = r.append_eventually("s", name.as_bytes());
+        assert_eq!(
+            seq, expected as i64,
+            "no acknowledged append lost, no sequence number reused"
+        );
+        // The status is published every tick; wait for the new pid to show.
+        let start = Instant::now();
+        while r.pid(name).is_none_or(|new| new == pid) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{name} was not restarted"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn sigterm_leaves_no_process_and_no_socket_behind() {
+    let mut r = Running::start(&[]);
+    let pids: Vec<u64> = ["store", "ingest"]
+        .iter()
+        .map(|n| r.pid(n).unwrap())
+        .collect();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(r.sm.id() as i32, libc::SIGTERM) };
+    let status = r.sm.wait().unwrap();
+    assert!(status.success(), "{status}");
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} survived");
+    }
+    assert!(!r.root.path().join("supervisor.sock").exists());
+    // A new start on the same root works.
+    let root = std::mem::replace(&mut r.root, tempfile::tempdir().unwrap());
+    let again = Running::start_at(root, &[]);
+    let _ = again.status().unwrap();
+}
+
+#[test]
+fn an_invalid_configuration_lists_every_problem() {
+    let out = Command::new(bin("stream-manager"))
+        .env("STREAM_MANAGER_SERVER_PORT", "http")
+        .env("STREAM_MANAGER_FLUSH_EVERYTHING", "yes")
+        .env("LOG_LEVEL", "chatty")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in [
+        "STREAM_MANAGER_SERVER_PORT",
+        "STREAM_MANAGER_FLUSH_EVERYTHING",
+        "LOG_LEVEL",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+}
+
+#[test]
+fn a_crash_looping_child_is_reported_and_backed_off() {
+    // The ingest cannot read its tokens file, so it exits at every start.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-tokens");
+    let r = Running::start(&[
+        ("STREAM_MANAGER_AUTHENTICATE_CLIENT", "true"),
+        ("STREAM_MANAGER_AUTH_TOKENS_FILE", missing.to_str().unwrap()),
+    ]);
+    let start = Instant::now();
+    let ingest = loop {
+        let s = r.status().unwrap();
+        let p = s["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "ingest")
+            .unwrap()
+            .clone();
+        if p["state"] == "crash-looping" {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never reported as crash-looping: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(ingest["last_exit"]
+        .as_str()
+        .unwrap()
+        .contains("exit code 2"));
+    // Backed off: no more than a handful of restarts so far, not a spin.
+    let restarts = ingest["restarts"].as_u64().unwrap();
+    assert!((5..=8).contains(&restarts), "{restarts} restarts");
+    // The store is unaffected.
+    assert!(r.status().unwrap()["processes"][0]["state"] == "running");
+}
