@@ -112,6 +112,22 @@ impl BusClient {
             socket.connect(endpoint)
         };
         setup().map_err(|e| BusError::zmq(endpoint, e))?;
+        // Disconnect events tell the I/O thread that requests in flight were
+        // lost with the peer, so they fail now instead of at their deadline.
+        static MONITORS: AtomicU64 = AtomicU64::new(0);
+        let monitor_endpoint = format!(
+            "inproc://bus-monitor-{}-{}",
+            std::process::id(),
+            MONITORS.fetch_add(1, Ordering::Relaxed)
+        );
+        let monitor = (|| -> zmq::Result<zmq::Socket> {
+            socket.monitor(&monitor_endpoint, zmq::SocketEvent::DISCONNECTED as i32)?;
+            let m = ctx.socket(zmq::PAIR)?;
+            m.set_linger(0)?;
+            m.connect(&monitor_endpoint)?;
+            Ok(m)
+        })()
+        .map_err(|e| BusError::zmq(endpoint, e))?;
         let (wake_tx, wake_rx) = UnixStream::pair().map_err(|e| BusError::Endpoint {
             endpoint: endpoint.to_string(),
             reason: format!("cannot create wake-up socket pair: {e}"),
@@ -133,6 +149,7 @@ impl BusClient {
         let io = IoThread {
             endpoint: endpoint.to_string(),
             socket,
+            monitor,
             _ctx: ctx,
             rx,
             wake: wake_rx,
@@ -254,6 +271,7 @@ struct Pending {
 struct IoThread {
     endpoint: String,
     socket: zmq::Socket,
+    monitor: zmq::Socket,
     _ctx: zmq::Context,
     rx: mpsc::Receiver<Outgoing>,
     wake: UnixStream,
@@ -286,10 +304,11 @@ impl IoThread {
             if !self.rx.is_empty() && self.pending.len() < self.max_in_flight {
                 timeout_ms = 0;
             }
-            let (socket_ready, wake_ready) = {
+            let (socket_ready, wake_ready, monitor_ready) = {
                 let mut items = [
                     self.socket.as_poll_item(zmq::POLLIN),
                     zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN),
+                    self.monitor.as_poll_item(zmq::POLLIN),
                 ];
                 match zmq::poll(&mut items, timeout_ms) {
                     Ok(_) | Err(zmq::Error::EINTR) => {}
@@ -299,7 +318,11 @@ impl IoThread {
                         return;
                     }
                 }
-                (items[0].is_readable(), items[1].is_readable())
+                (
+                    items[0].is_readable(),
+                    items[1].is_readable(),
+                    items[2].is_readable(),
+                )
             };
             if let Some(shared) = self.shared.upgrade() {
                 shared.io_sleeping.store(false, Ordering::SeqCst);
@@ -310,6 +333,24 @@ impl IoThread {
             }
             if socket_ready {
                 self.receive_replies();
+            }
+            if monitor_ready {
+                let mut lost = false;
+                while let Ok(parts) = self.monitor.recv_multipart(zmq::DONTWAIT) {
+                    let event = parts
+                        .first()
+                        .and_then(|f| f.get(..2))
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]));
+                    lost |= event == Some(zmq::SocketEvent::DISCONNECTED as u16);
+                }
+                if lost {
+                    // Replies still queued were read above; whatever is
+                    // still pending went down with the peer.
+                    tracing::warn!(endpoint = %self.endpoint, pending = self.pending.len(), "store connection lost");
+                    for (_, p) in self.pending.drain() {
+                        let _ = p.reply.send(Err(BusError::PeerLost));
+                    }
+                }
             }
         }
     }

@@ -29,6 +29,10 @@ pub enum BusError {
     Timeout(std::time::Duration),
     #[error("the bus client is closed")]
     Closed,
+    /// The connection to the peer broke while the request was in flight;
+    /// the request may or may not have been carried out.
+    #[error("the connection to the store broke while the request was in flight; it may or may not have been carried out")]
+    PeerLost,
     #[error("the bus cannot take more requests now: {0}")]
     Backpressure(String),
     #[error("{0}")]

@@ -459,6 +459,12 @@ fn to_wire(id: &str, reply: Result<Response, BusError>, read_stream: Option<&str
         Err(BusError::Remote(e)) => {
             wire::response(id, wire::status_of(e.kind), Some(&e.message), Vec::new())
         }
+        Err(BusError::PeerLost) => wire::response(
+            id,
+            status::SERVER_TIMEOUT,
+            Some("the store restarted while this request was in flight; it may or may not have been carried out"),
+            Vec::new(),
+        ),
         Err(BusError::Timeout(t)) => wire::response(
             id,
             status::SERVER_TIMEOUT,

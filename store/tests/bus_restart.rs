@@ -187,3 +187,31 @@ fn malformed_bus_messages_get_an_error_and_the_store_keeps_serving() {
     );
     assert_eq!(append(&c, "ok", b"still fine").unwrap(), 0);
 }
+
+#[test]
+fn a_request_in_flight_when_the_store_dies_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = StoreProcess::start(dir.path());
+    let c = store.client();
+    create(&c, def("wait"));
+    let reader = c.clone();
+    let t = std::thread::spawn(move || {
+        let start = Instant::now();
+        let r = reader.call(
+            Request::Read {
+                stream: "wait".into(),
+                start_sequence_number: Some(0),
+                min_count: Some(1),
+                max_count: None,
+                wait_ms: Some(20_000),
+            },
+            Duration::from_secs(30),
+        );
+        (r, start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    store.kill9();
+    let (r, took) = t.join().unwrap();
+    assert!(matches!(r, Err(BusError::PeerLost)), "{r:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}

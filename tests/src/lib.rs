@@ -11,17 +11,19 @@ use std::time::{Duration, Instant};
 /// (`target/<profile>/`). `scripts/test-all` builds them all first.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile> directory");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
-        path.display()
-    );
-    path
+    // Tests run from target/<profile>/deps, programs from target/<profile>.
+    let dirs = [exe.parent(), exe.parent().and_then(Path::parent)];
+    let found = dirs
+        .iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} is missing next to {}: build the workspace binaries first (cargo build --workspace --bins)",
+            exe.display()
+        )
+    })
 }
 
 /// The Python interpreter of the venv that `scripts/test-all` creates with

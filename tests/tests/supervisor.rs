@@ -300,3 +300,27 @@ fn a_crash_looping_child_is_reported_and_backed_off() {
     // The store is unaffected.
     assert!(r.status().unwrap()["processes"][0]["state"] == "running");
 }
+
+#[test]
+fn children_exit_when_the_supervisor_is_killed_and_a_restart_is_clean() {
+    let mut r = Running::start(&[]);
+    let pids: Vec<u64> = ["store", "ingest"]
+        .iter()
+        .map(|n| r.pid(n).unwrap())
+        .collect();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(r.sm.id() as i32, libc::SIGKILL) };
+    let _ = r.sm.wait();
+    let start = Instant::now();
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "children outlived the supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let root = std::mem::replace(&mut r.root, tempfile::tempdir().unwrap());
+    let again = Running::start_at(root, &[]);
+    let mut c = again.client();
+    assert_eq!(wire_client::create(&mut c, "after"), 0);
+}

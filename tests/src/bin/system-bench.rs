@@ -1,0 +1,127 @@
+//! `system-bench`: figures of the whole system started by `stream-manager`
+//! (use a release build: `cargo build --release --workspace --bins &&
+//! ./target/release/system-bench`):
+//! - time from spawning `stream-manager` on an empty store to the SDK
+//!   endpoint completing a handshake;
+//! - resident memory of all its processes together, idle;
+//! - time from kill -9 of the store to the next acknowledged append.
+
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stream_manager_tests::{bin, wire_client};
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    text.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn try_append(port: u16, stream: &str) -> bool {
+    std::panic::catch_unwind(|| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        wire_client::hello(&mut s);
+        wire_client::append(&mut s, stream, b"x").0 == 0
+    })
+    .unwrap_or(false)
+}
+
+fn main() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let port = 18_088;
+    let started = Instant::now();
+    let mut sm = Command::new(bin("stream-manager"))
+        .env("STREAM_MANAGER_STORE_ROOT_DIR", root.path())
+        .env("STREAM_MANAGER_SERVER_PORT", port.to_string())
+        .env("LOG_LEVEL", "WARN")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn stream-manager");
+    let accepted = loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                wire_client::hello(&mut s)
+            }));
+            if ok.is_ok() {
+                break started.elapsed();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    wire_client::hello(&mut s);
+    assert_eq!(wire_client::create(&mut s, "bench"), 0);
+    drop(s);
+    std::thread::sleep(Duration::from_secs(2));
+    let pids: Vec<u32> = std::iter::once(sm.id())
+        .chain(children_of(sm.id()))
+        .collect();
+    let total: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
+    let parts: Vec<String> = pids
+        .iter()
+        .map(|p| {
+            let name = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            format!("{} {:.1} MiB", name.trim(), rss_kib(*p) as f64 / 1024.0)
+        })
+        .collect();
+
+    let store = children_of(sm.id())
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .unwrap_or_default()
+                .trim()
+                == "store"
+        })
+        .expect("store pid");
+    assert!(try_append(port, "bench"));
+    let killed = Instant::now();
+    // SAFETY: signalling a process of the system under test.
+    unsafe { libc::kill(store as i32, libc::SIGKILL) };
+    while !try_append(port, "bench") {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "never recovered"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let recovered = killed.elapsed();
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(sm.id() as i32, libc::SIGTERM) };
+    let _ = sm.wait();
+
+    println!("| figure | measured | note |");
+    println!("|---|---|---|");
+    println!(
+        "| start to accepting SDK connections (empty store) | {} ms | goal <= 1 s |",
+        accepted.as_millis()
+    );
+    println!(
+        "| resident memory of all processes, idle | {:.1} MiB | goal <= 40 MB; {} |",
+        total as f64 / 1024.0,
+        parts.join(", ")
+    );
+    println!(
+        "| kill -9 of the store to the next acknowledged append | {} ms | restart backoff 100 ms ± 25% included |",
+        recovered.as_millis()
+    );
+}
