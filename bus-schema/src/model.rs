@@ -182,6 +182,11 @@ pub struct ExportStatus {
     pub error_message: Option<String>,
     pub exported_bytes: i64,
     pub exported_messages: i64,
+    /// Ingest time (Unix ms) of the oldest message not exported yet, when
+    /// there is one: how far behind the export is, in time. Computed when
+    /// described.
+    #[serde(default)]
+    pub oldest_unexported_ingest_ms: Option<i64>,
 }
 
 /// A stream as `describe` shows it: the definition with defaults filled in, its

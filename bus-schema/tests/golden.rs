@@ -84,6 +84,7 @@ fn info() -> StreamInfo {
             error_message: Some("throttled".into()),
             exported_bytes: 300,
             exported_messages: 3,
+            oldest_unexported_ingest_ms: Some(1_700_000_001_000),
         }],
     }
 }

@@ -176,6 +176,7 @@ impl Stream {
             error_message: None,
             exported_bytes: 0,
             exported_messages: 0,
+            oldest_unexported_ingest_ms: None,
         }
     }
     fn info(&self) -> StreamInfo {
@@ -437,12 +438,40 @@ impl Engine {
     pub fn describe(&self, name: &str) -> Result<StreamInfo, EngineError> {
         self.streams
             .get(name)
-            .map(Stream::info)
+            .map(|s| self.info_with_lag(s))
             .ok_or_else(|| not_found(name))
     }
 
     pub fn describe_all(&self) -> Vec<StreamInfo> {
-        self.streams.values().map(Stream::info).collect()
+        self.streams
+            .values()
+            .map(|s| self.info_with_lag(s))
+            .collect()
+    }
+
+    /// `Stream::info` plus, per export, the ingest time of the oldest
+    /// message it has not exported (one point read per export).
+    fn info_with_lag(&self, s: &Stream) -> StreamInfo {
+        let mut info = s.info();
+        for status in &mut info.export_statuses {
+            let seq = (status.last_exported_sequence_number + 1).max(s.oldest as i64) as u64;
+            status.oldest_unexported_ingest_ms = if seq >= s.next {
+                None
+            } else {
+                match &s.mem {
+                    Some(mem) => mem
+                        .get((seq - s.oldest) as usize)
+                        .map(|r| r.ingest_ms as i64),
+                    None => self
+                        .ks_data
+                        .get(data_key(s.id, seq))
+                        .ok()
+                        .flatten()
+                        .and_then(|v| parse_data_value(&v).map(|(ms, _)| ms as i64)),
+                }
+            };
+        }
+        info
     }
 
     pub fn create(&mut self, def: &StreamDefinition) -> Result<(), EngineError> {
@@ -1152,5 +1181,52 @@ mod tests {
         assert_eq!(info.storage.newest_sequence_number, 999);
         assert_eq!(info.storage.oldest_sequence_number, 900);
         assert_eq!(data_keys(&e), 100);
+    }
+
+    #[test]
+    fn describe_reports_the_ingest_time_of_the_oldest_unexported_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::open(dir.path()).unwrap();
+        for persistence in [Persistence::File, Persistence::Memory] {
+            let name = format!("{persistence:?}");
+            let mut d = StreamDefinition::new(name.as_str(), StrategyOnFull::RejectNewData);
+            d.persistence = Some(persistence);
+            d.exports.kinesis.push(bus_schema::KinesisConfig {
+                common: ExportCommon {
+                    identifier: "k".into(),
+                    ..Default::default()
+                },
+                kinesis_stream_name: "x".into(),
+            });
+            e.create(&d).unwrap();
+            let lag = |e: &Engine| {
+                e.describe(&name).unwrap().export_statuses[0].oldest_unexported_ingest_ms
+            };
+            assert_eq!(lag(&e), None, "nothing to export yet");
+            let payload = [1u8];
+            let (r, _) = e
+                .append_batch(&[
+                    AppendItem {
+                        stream: &name,
+                        payload: &payload,
+                    },
+                    AppendItem {
+                        stream: &name,
+                        payload: &payload,
+                    },
+                ])
+                .unwrap();
+            let first_ms = r[0].as_ref().unwrap().1;
+            assert_eq!(lag(&e), Some(first_ms));
+            let progress = ExportProgress {
+                last_exported_sequence_number: 1,
+                last_export_time_ms: 1,
+                error_message: None,
+                exported_bytes_delta: 2,
+                exported_messages_delta: 2,
+            };
+            e.commit_export(&name, "k", &progress).unwrap();
+            assert_eq!(lag(&e), None, "all exported");
+        }
     }
 }

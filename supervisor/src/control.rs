@@ -100,6 +100,7 @@ fn handle(request: &str, shared: &Shared, bus: Option<&bus::BusClient>) -> Strin
                                     "export": x.export_identifier,
                                     "last_exported_sequence_number": x.last_exported_sequence_number,
                                     "lag_messages": (i.storage.newest_sequence_number - x.last_exported_sequence_number).max(0),
+                                    "lag_seconds": x.oldest_unexported_ingest_ms.map_or(0, |t| (now_ms - t).max(0) / 1000),
                                     "seconds_since_last_export": x.last_export_time_ms.map(|t| (now_ms - t).max(0) / 1000),
                                     "last_error": x.error_message,
                                 })
@@ -222,16 +223,17 @@ fn print_table(answer: &str) {
     }
     println!();
     println!(
-        "{:<24} {:<20} {:>12} {:>10} {:>10}  LAST ERROR",
-        "STREAM", "EXPORT", "EXPORTED TO", "LAG MSGS", "SINCE (s)"
+        "{:<24} {:<20} {:>12} {:>10} {:>8} {:>10}  LAST ERROR",
+        "STREAM", "EXPORT", "EXPORTED TO", "LAG MSGS", "LAG (s)", "SINCE (s)"
     );
     for e in v["exports"].as_array().into_iter().flatten() {
         println!(
-            "{:<24} {:<20} {:>12} {:>10} {:>10}  {}",
+            "{:<24} {:<20} {:>12} {:>10} {:>8} {:>10}  {}",
             s(&e["stream"]),
             s(&e["export"]),
             s(&e["last_exported_sequence_number"]),
             s(&e["lag_messages"]),
+            s(&e["lag_seconds"]),
             s(&e["seconds_since_last_export"]),
             s(&e["last_error"])
         );
