@@ -153,6 +153,7 @@ impl BusClient {
             _ctx: ctx,
             rx,
             wake: wake_rx,
+            queued: std::collections::VecDeque::new(),
             pending: HashMap::new(),
             deadlines: BinaryHeap::new(),
             max_in_flight,
@@ -197,11 +198,21 @@ impl BusClient {
     /// Sends a request and blocks until its reply or its timeout. Do not call
     /// from inside an async runtime; use [`BusClient::call_async`] there.
     pub fn call(&self, body: Request, timeout: Duration) -> Result<Response, BusError> {
-        let (out, rx) = self.prepare(body, timeout)?;
-        self.shared
-            .tx
-            .blocking_send(out)
-            .map_err(|_| BusError::Closed)?;
+        let (mut out, rx) = self.prepare(body, timeout)?;
+        // Waits for room in the queue, but never past the request's deadline.
+        loop {
+            match self.shared.tx.try_send(out) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(BusError::Closed),
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if Instant::now() >= back.deadline {
+                        return Err(BusError::Timeout(timeout));
+                    }
+                    out = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
         self.shared.wake();
         flatten(rx.blocking_recv())
     }
@@ -235,7 +246,7 @@ impl PendingReply {
     }
 }
 
-/// Queues `out`, waiting at most `timeout` for room (back-pressure).
+/// Queues `out` (back-pressure when the queue is full).
 async fn enqueue(
     tx: &mpsc::Sender<Outgoing>,
     out: Outgoing,
@@ -245,10 +256,12 @@ async fn enqueue(
         Ok(()) => Ok(()),
         Err(mpsc::error::TrySendError::Closed(_)) => Err(BusError::Closed),
         Err(mpsc::error::TrySendError::Full(out)) => {
-            let permit = tx.reserve().await.map_err(|_| BusError::Closed)?;
-            if Instant::now() > out.deadline {
-                return Err(BusError::Timeout(timeout));
-            }
+            // Waits for room, but never past the request's deadline.
+            let left = out.deadline.saturating_duration_since(Instant::now());
+            let permit = tokio::time::timeout(left, tx.reserve())
+                .await
+                .map_err(|_| BusError::Timeout(timeout))?
+                .map_err(|_| BusError::Closed)?;
             permit.send(out);
             Ok(())
         }
@@ -275,6 +288,9 @@ struct IoThread {
     _ctx: zmq::Context,
     rx: mpsc::Receiver<Outgoing>,
     wake: UnixStream,
+    /// Taken off the channel, not sent yet (pending was full); bounded by
+    /// `max_in_flight`, expired at their own deadlines.
+    queued: std::collections::VecDeque<Outgoing>,
     pending: HashMap<u64, Pending>,
     /// Min-heap of (deadline, id); entries of answered requests are skipped.
     deadlines: BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
@@ -301,7 +317,10 @@ impl IoThread {
             if let Some(shared) = self.shared.upgrade() {
                 shared.io_sleeping.store(true, Ordering::SeqCst);
             }
-            if !self.rx.is_empty() && self.pending.len() < self.max_in_flight {
+            if !self.rx.is_empty()
+                && (self.pending.len() < self.max_in_flight
+                    || self.queued.len() < self.max_in_flight)
+            {
                 timeout_ms = 0;
             }
             let (socket_ready, wake_ready, monitor_ready) = {
@@ -356,23 +375,38 @@ impl IoThread {
     }
 
     fn next_timeout_ms(&mut self) -> i64 {
+        let mut next = self.queued.iter().map(|o| o.deadline).min();
         while let Some(std::cmp::Reverse((deadline, id))) = self.deadlines.peek().copied() {
             if self.pending.contains_key(&id) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                // Round up so we do not spin just before the deadline.
-                return left.as_millis() as i64 + 1;
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                break;
             }
             self.deadlines.pop();
         }
-        -1
+        // Round up so we do not spin just before the deadline.
+        next.map_or(-1, |d| {
+            d.saturating_duration_since(Instant::now()).as_millis() as i64 + 1
+        })
     }
 
     fn take_submissions(&mut self) {
+        while self.queued.len() < self.max_in_flight {
+            match self.rx.try_recv() {
+                Ok(out) => self.queued.push_back(out),
+                Err(_) => break,
+            }
+        }
+        if self.pending.len() >= self.max_in_flight {
+            // Callers that gave up (dropped their reply) free their slot.
+            self.pending.retain(|_, p| !p.reply.is_closed());
+        }
         while self.pending.len() < self.max_in_flight {
-            let out = match self.rx.try_recv() {
-                Ok(out) => out,
-                Err(_) => return,
+            let Some(out) = self.queued.pop_front() else {
+                return;
             };
+            if out.reply.is_closed() {
+                continue;
+            }
             if Instant::now() >= out.deadline {
                 let _ = out.reply.send(Err(BusError::Timeout(out.timeout)));
                 continue;
@@ -440,6 +474,14 @@ impl IoThread {
     }
 
     fn expire(&mut self, now: Instant) {
+        if self.queued.iter().any(|o| o.deadline <= now) {
+            let (late, keep): (Vec<_>, Vec<_>) =
+                self.queued.drain(..).partition(|o| o.deadline <= now);
+            self.queued = keep.into();
+            for o in late {
+                let _ = o.reply.send(Err(BusError::Timeout(o.timeout)));
+            }
+        }
         while let Some(std::cmp::Reverse((deadline, id))) = self.deadlines.peek().copied() {
             if deadline > now {
                 return;
@@ -456,6 +498,9 @@ impl IoThread {
             let _ = p.reply.send(Err(error()));
         }
         self.rx.close();
+        for out in self.queued.drain(..) {
+            let _ = out.reply.send(Err(error()));
+        }
         while let Ok(out) = self.rx.try_recv() {
             let _ = out.reply.send(Err(error()));
         }

@@ -33,12 +33,20 @@ pub struct IngestSettings {
     pub handshake_timeout: Duration,
     /// Time the store has to answer a request (reads: on top of their wait).
     pub store_timeout: Duration,
+    /// Request bytes held at once by the whole endpoint (read, waiting for
+    /// the store, or waiting to be answered); a connection whose next frame
+    /// does not fit waits before reading it.
+    pub buffered_bytes_max: usize,
 }
 
 /// Default frame limit: the largest message the store takes plus room for
 /// the rest of the request.
 pub const FRAME_BYTES_MAX_DEFAULT: u32 = (bus_schema::MESSAGE_PAYLOAD_BYTES_MAX + 64 * 1024) as u32;
 pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Default bound of request bytes held by the endpoint at once.
+pub const BUFFERED_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
+/// Granularity of that bound, in bytes.
+const BUFFER_UNIT_BYTES: usize = 1024;
 pub const IN_FLIGHT_PER_CONNECTION_DEFAULT: usize = 256;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -60,6 +68,7 @@ impl Default for IngestSettings {
             in_flight_per_connection: IN_FLIGHT_PER_CONNECTION_DEFAULT,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             store_timeout: STORE_TIMEOUT,
+            buffered_bytes_max: BUFFERED_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -67,6 +76,9 @@ impl Default for IngestSettings {
 /// Serves connections until the task is dropped.
 pub async fn serve(listener: TcpListener, settings: Arc<IngestSettings>, bus: BusClient) {
     let slots = Arc::new(Semaphore::new(settings.connections_max));
+    let buffered = Arc::new(Semaphore::new(
+        (settings.buffered_bytes_max / BUFFER_UNIT_BYTES).max(1),
+    ));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -79,9 +91,9 @@ pub async fn serve(listener: TcpListener, settings: Arc<IngestSettings>, bus: Bu
                 continue;
             }
         };
-        let (settings, bus) = (settings.clone(), bus.clone());
+        let (settings, bus, buffered) = (settings.clone(), bus.clone(), buffered.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, peer, settings, bus).await {
+            if let Err(e) = connection(stream, peer, settings, bus, buffered).await {
                 tracing::info!(%peer, error = %e, "connection closed");
             }
             drop(permit);
@@ -112,6 +124,16 @@ async fn read_frame<R: AsyncRead + Unpin>(
     rd: &mut R,
     max: u32,
 ) -> Result<(u8, Vec<u8>), FrameError> {
+    let (opcode, len) = read_header(rd, max).await?;
+    Ok((opcode, read_payload(rd, len).await?))
+}
+
+/// Reads a frame header: (opcode, payload length), the length checked
+/// against `max` before anything is allocated.
+async fn read_header<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    max: u32,
+) -> Result<(u8, usize), FrameError> {
     let mut header = [0u8; 5];
     match rd.read_exact(&mut header[..4]).await {
         Ok(_) => {}
@@ -132,9 +154,13 @@ async fn read_frame<R: AsyncRead + Unpin>(
     rd.read_exact(&mut header[4..5])
         .await
         .map_err(FrameError::Io)?;
-    let mut payload = vec![0u8; len as usize - 1];
+    Ok((header[4], len as usize - 1))
+}
+
+async fn read_payload<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> Result<Vec<u8>, FrameError> {
+    let mut payload = vec![0u8; len];
     rd.read_exact(&mut payload).await.map_err(FrameError::Io)?;
-    Ok((header[4], payload))
+    Ok(payload)
 }
 
 fn choose_version(c: &wire::ConnectRequest) -> Result<&'static str, (i64, String)> {
@@ -262,6 +288,7 @@ async fn connection(
     peer: SocketAddr,
     settings: Arc<IngestSettings>,
     bus: BusClient,
+    buffered: Arc<Semaphore>,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
@@ -300,13 +327,26 @@ async fn connection(
         }
     });
     let in_flight = Arc::new(Semaphore::new(settings.in_flight_per_connection));
+    let mut replies = tokio::task::JoinSet::new();
     let result = loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break Ok(());
         };
-        let (opcode, payload) = match read_frame(&mut rd, settings.frame_bytes_max).await {
-            Ok(f) => f,
+        let (opcode, len) = match read_header(&mut rd, settings.frame_bytes_max).await {
+            Ok(h) => h,
             Err(FrameError::Eof) => break Ok(()),
+            Err(e) => break Err(format!("framing: {e}")),
+        };
+        // Request bytes held by the whole ingest are bounded: wait for room
+        // before allocating this payload (held until its response is sent).
+        let units = (len / BUFFER_UNIT_BYTES + 1)
+            .min(settings.buffered_bytes_max / BUFFER_UNIT_BYTES)
+            .clamp(1, u32::MAX as usize) as u32;
+        let Ok(bytes) = buffered.clone().acquire_many_owned(units).await else {
+            break Ok(());
+        };
+        let payload = match read_payload(&mut rd, len).await {
+            Ok(p) => p,
             Err(e) => break Err(format!("framing: {e}")),
         };
         let known = matches!(
@@ -360,16 +400,21 @@ async fn connection(
         let (bus_request, timeout, read_stream) = to_bus(request, settings.store_timeout);
         let pending = bus.submit(bus_request, timeout).await;
         let tx = tx.clone();
-        tokio::spawn(async move {
+        replies.spawn(async move {
             let reply = match pending {
                 Ok(p) => p.wait().await,
                 Err(e) => Err(e),
             };
             let body = to_wire(&id, reply, read_stream.as_deref());
             let _ = tx.send(wire::frame(wire::response_op(opcode), &body)).await;
-            drop(permit);
+            drop((permit, bytes));
         });
+        // Forget finished reply tasks as we go.
+        while replies.try_join_next().is_some() {}
     };
+    // The client is gone or broke the framing: its pending replies (and the
+    // bus slots and bytes they hold) are released now, not when they finish.
+    replies.abort_all();
     drop(tx);
     let _ = writer.await;
     result
@@ -459,6 +504,12 @@ fn to_wire(id: &str, reply: Result<Response, BusError>, read_stream: Option<&str
         Err(BusError::Remote(e)) => {
             wire::response(id, wire::status_of(e.kind), Some(&e.message), Vec::new())
         }
+        Err(e @ (BusError::Backpressure(_) | BusError::Closed)) => wire::response(
+            id,
+            status::SERVER_TIMEOUT,
+            Some(&format!("the store cannot take this request now: {e}")),
+            Vec::new(),
+        ),
         Err(BusError::PeerLost) => wire::response(
             id,
             status::SERVER_TIMEOUT,

@@ -156,8 +156,55 @@ fn fail(message: impl Into<String>) -> String {
     message.into()
 }
 
+/// Most CBOR items (headers) one request may have. Real requests have a few
+/// dozen; the bound keeps a small frame from decoding into a huge value tree
+/// (an array of a million one-byte integers would otherwise take ~32 bytes of
+/// memory per byte of frame).
+pub const REQUEST_ITEMS_MAX: usize = 65_536;
+
+/// Counts the CBOR items of `payload` without building anything, failing
+/// past `max` items or on a truncated header.
+pub fn check_item_count(payload: &[u8], max: usize) -> Result<(), String> {
+    let mut at = 0usize;
+    let mut items = 0usize;
+    let arg = |at: &mut usize, size: usize| -> Result<u64, String> {
+        let bytes = payload
+            .get(*at..*at + size)
+            .ok_or_else(|| "the payload ends inside a CBOR header".to_string())?;
+        *at += size;
+        Ok(bytes.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b)))
+    };
+    while at < payload.len() {
+        items += 1;
+        if items > max {
+            return Err(format!("the payload has more than {max} CBOR items"));
+        }
+        let initial = payload[at];
+        at += 1;
+        let (major, info) = (initial >> 5, initial & 0x1f);
+        let value = match info {
+            0..=23 => u64::from(info),
+            24 => arg(&mut at, 1)?,
+            25 => arg(&mut at, 2)?,
+            26 => arg(&mut at, 4)?,
+            27 => arg(&mut at, 8)?,
+            31 => continue, // indefinite length or break
+            _ => return Err("the payload has a malformed CBOR header".into()),
+        };
+        // Byte and text strings: skip their contents.
+        if major == 2 || major == 3 {
+            at = at
+                .checked_add(usize::try_from(value).unwrap_or(usize::MAX))
+                .filter(|end| *end <= payload.len())
+                .ok_or_else(|| "the payload ends inside a CBOR string".to_string())?;
+        }
+    }
+    Ok(())
+}
+
 /// Parses a CBOR payload into a map.
 pub fn parse_map(payload: &[u8]) -> Result<Map, String> {
+    check_item_count(payload, REQUEST_ITEMS_MAX)?;
     match ciborium::from_reader::<Value, _>(payload) {
         Ok(Value::Map(m)) => Ok(m),
         Ok(_) => Err(fail("the payload is not a CBOR map")),

@@ -58,3 +58,23 @@ fn a_truncated_payload_is_an_error_not_a_partial_request() {
         }
     }
 }
+
+#[test]
+fn a_payload_with_too_many_items_is_refused_before_it_is_decoded() {
+    // {"requestId": "x", "name": "s", "payload": [0, 0, ... 100,000 times]}
+    let mut p = vec![0xa3, 0x69];
+    p.extend_from_slice(b"requestId");
+    p.extend_from_slice(&[0x61, b'x', 0x64]);
+    p.extend_from_slice(b"name");
+    p.extend_from_slice(&[0x61, b's', 0x67]);
+    p.extend_from_slice(b"payload");
+    p.push(0x9a);
+    p.extend_from_slice(&100_000u32.to_be_bytes());
+    p.extend(std::iter::repeat_n(0u8, 100_000));
+    let e = wire::decode_request(wire::op::APPEND, &p).unwrap_err();
+    assert!(e.message.contains("CBOR items"), "{e:?}");
+    // Every recorded request stays well inside the bound.
+    for (_, payload) in recorded_payloads() {
+        assert!(wire::check_item_count(&payload, 200).is_ok());
+    }
+}

@@ -35,7 +35,8 @@ pub const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 pub const DATA_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// Memtable size of the small keyspaces, in bytes.
 pub const SMALL_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
-/// Writes not synced by `flushOnWrite` reach the disk within this many ms:
+/// Writes not synced by `flushOnWrite` (appends, and every definition,
+/// cursor, trim and removal) reach the disk within this many ms:
 /// a background thread syncs the journal at this interval when something was
 /// written. Besides bounding what a power loss can take, it keeps each
 /// journal rotation's own sync (done under the journal lock, so appends wait
@@ -509,6 +510,9 @@ impl Engine {
             );
         }
         batch.commit()?;
+        self.sync
+            .dirty
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.next_stream_id = id + 1;
         self.streams.insert(
             def.name.clone(),
@@ -574,6 +578,9 @@ impl Engine {
             }
         }
         batch.commit()?;
+        self.sync
+            .dirty
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let stream = self
             .streams
             .get_mut(&def.name)
@@ -613,6 +620,9 @@ impl Engine {
             }
         }
         batch.commit()?;
+        self.sync
+            .dirty
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.streams.remove(name);
         self.gc.extend(job);
         Ok(())
@@ -866,6 +876,9 @@ impl Engine {
                 &self.ks_state,
             );
             batch.commit()?;
+            self.sync
+                .dirty
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         self.stats.segments_dropped += dropped;
         Ok(dropped)
@@ -911,6 +924,9 @@ impl Engine {
             );
         }
         batch.commit()?;
+        self.sync
+            .dirty
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if end < job.to {
             job.from = end;
         } else {
@@ -1043,6 +1059,9 @@ impl Engine {
         if s.is_file() {
             self.ks_state
                 .insert(cursor_key(s.id, identifier), cbor(&status))?;
+            self.sync
+                .dirty
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         s.cursors.insert(identifier.to_string(), status);
         Ok(())

@@ -21,6 +21,9 @@ use crate::engine::{AppendItem, Engine, EngineError};
 
 /// Requests taken off the socket in one round.
 pub const ROUND_REQUESTS_MAX: usize = 4096;
+/// Append payload bytes taken off the socket in one round; the rest waits
+/// in the socket queue for the next round.
+pub const ROUND_APPEND_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Long-poll reads waiting at once, over all peers.
 pub const WAITING_READS_MAX: usize = 4096;
 /// Event watchers waiting at once.
@@ -244,8 +247,12 @@ impl StoreServer {
     pub fn round(&mut self) {
         let mut appends: Vec<PendingAppend> = Vec::new();
         let mut deferred: Vec<(PeerId, u64, Request)> = Vec::new();
+        let mut append_bytes = 0usize;
         let now_ms = bus::unix_ms();
         for _ in 0..ROUND_REQUESTS_MAX {
+            if append_bytes >= ROUND_APPEND_BYTES_MAX {
+                break;
+            }
             let incoming = match self.bus.try_recv() {
                 Ok(Some(i)) => i,
                 Ok(None) => break,
@@ -293,12 +300,15 @@ impl StoreServer {
                 continue;
             }
             match envelope.body {
-                Request::Append { stream, payload } => appends.push(PendingAppend {
-                    peer,
-                    id: envelope.id,
-                    stream,
-                    payload,
-                }),
+                Request::Append { stream, payload } => {
+                    append_bytes += payload.len();
+                    appends.push(PendingAppend {
+                        peer,
+                        id: envelope.id,
+                        stream,
+                        payload,
+                    })
+                }
                 body @ (Request::Read { .. }
                 | Request::DescribeStream { .. }
                 | Request::DescribeAll
@@ -306,7 +316,10 @@ impl StoreServer {
                 | Request::Health
                 | Request::WatchEvents { .. }) => deferred.push((peer, envelope.id, body)),
                 body => {
+                    // Everything that came before this request is answered
+                    // before it changes anything: appends, then queries.
                     self.flush_appends(&mut appends);
+                    self.answer_queries(&mut deferred);
                     let response = self.handle_mutation(body);
                     self.reply(&peer, envelope.id, response);
                 }
@@ -316,14 +329,18 @@ impl StoreServer {
             }
         }
         self.flush_appends(&mut appends);
-        for (peer, id, body) in deferred {
+        self.answer_queries(&mut deferred);
+        self.serve_watchers(false);
+        self.expire_waiting();
+        self.housekeeping();
+    }
+
+    fn answer_queries(&mut self, deferred: &mut Vec<(PeerId, u64, Request)>) {
+        for (peer, id, body) in std::mem::take(deferred) {
             if let Some(response) = self.handle_query(&peer, id, body) {
                 self.reply(&peer, id, response);
             }
         }
-        self.serve_watchers(false);
-        self.expire_waiting();
-        self.housekeeping();
     }
 
     fn flush_appends(&mut self, appends: &mut Vec<PendingAppend>) {

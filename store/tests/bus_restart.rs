@@ -215,3 +215,93 @@ fn a_request_in_flight_when_the_store_dies_fails_at_once() {
     assert!(matches!(r, Err(BusError::PeerLost)), "{r:?}");
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
+
+#[test]
+fn a_queued_request_times_out_at_its_own_deadline_when_every_slot_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreProcess::start(dir.path());
+    let c = BusClient::connect(
+        &store.endpoint(),
+        BusClientConfig {
+            max_in_flight: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(store.pid() as i32, libc::SIGSTOP) };
+    let slow = c.clone();
+    let t = std::thread::spawn(move || slow.call(Request::Health, Duration::from_secs(3)));
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    let r = c.call(Request::Health, Duration::from_millis(200));
+    let took = start.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(store.pid() as i32, libc::SIGCONT) };
+    assert!(matches!(r, Err(BusError::Timeout(_))), "{r:?}");
+    assert!(
+        took < Duration::from_millis(700),
+        "waited {took:?} for a 200 ms request"
+    );
+    let _ = t.join();
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_the_order_they_change_things() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreProcess::start(dir.path());
+    let c = store.client();
+    create(&c, def("p"));
+    let ctx = zmq::Context::new();
+    let raw = ctx.socket(zmq::DEALER).unwrap();
+    raw.set_rcvtimeo(5000).unwrap();
+    raw.set_linger(0).unwrap();
+    raw.connect(&store.endpoint()).unwrap();
+    let bodies = [
+        Request::Append {
+            stream: "p".into(),
+            payload: b"x".to_vec(),
+        },
+        Request::DescribeStream { name: "p".into() },
+        Request::Read {
+            stream: "p".into(),
+            start_sequence_number: Some(0),
+            min_count: Some(1),
+            max_count: None,
+            wait_ms: None,
+        },
+        Request::DeleteStream { name: "p".into() },
+    ];
+    // All four in one burst, so the store takes them in one round.
+    for (id, body) in bodies.into_iter().enumerate() {
+        let env = bus_schema::RequestEnvelope {
+            v: 1,
+            id: id as u64,
+            deadline_ms: 0,
+            body,
+        };
+        raw.send(bus_schema::encode(&env).unwrap(), 0).unwrap();
+    }
+    let mut replies = std::collections::HashMap::new();
+    for _ in 0..4 {
+        let r: bus_schema::ResponseEnvelope =
+            bus_schema::decode(&raw.recv_bytes(0).unwrap()).unwrap();
+        replies.insert(r.id, r.body);
+    }
+    assert!(
+        matches!(replies[&0], Response::Appended { .. }),
+        "{:?}",
+        replies[&0]
+    );
+    assert!(
+        matches!(replies[&1], Response::Described(_)),
+        "describe before delete: {:?}",
+        replies[&1]
+    );
+    assert!(
+        matches!(replies[&2], Response::Messages(ref m) if m.len() == 1),
+        "read before delete: {:?}",
+        replies[&2]
+    );
+    assert!(matches!(replies[&3], Response::Deleted));
+}

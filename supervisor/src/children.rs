@@ -108,6 +108,7 @@ impl ChildProc {
 
     /// Starts the process now.
     pub fn spawn(&mut self) -> std::io::Result<()> {
+        let parent = std::process::id() as libc::pid_t;
         let mut cmd = Command::new(&self.exe);
         cmd.env_clear()
             .envs(
@@ -121,12 +122,17 @@ impl ChildProc {
             .process_group(0);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);
                 libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
                 // If the supervisor dies, even by SIGKILL, the child stops too.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // The supervisor may have died before the line above: then
+                // nobody would ever signal us.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
                 Ok(())
             });
         }
@@ -223,8 +229,8 @@ impl ChildProc {
     }
 
     /// Restart on request: stop it, then start again without backoff.
-    pub fn restart_now(&mut self, grace: Duration) {
-        self.stop(grace);
+    pub fn restart_now(&mut self, grace: Duration, abort: &dyn Fn() -> bool) {
+        self.stop(grace, abort);
         self.restarts += 1;
         self.last_exit = Some("restarted by the operator".into());
         if let Err(e) = self.spawn() {
@@ -232,8 +238,9 @@ impl ChildProc {
         }
     }
 
-    /// SIGTERM, then SIGKILL after `grace`; waits for the exit.
-    pub fn stop(&mut self, grace: Duration) {
+    /// SIGTERM, then SIGKILL after `grace` or as soon as `abort()` says so
+    /// (a second stop signal); waits for the exit.
+    pub fn stop(&mut self, grace: Duration, abort: &dyn Fn() -> bool) {
         self.restart_at = None;
         let Some(child) = self.child.as_mut() else {
             self.state = State::Stopped;
@@ -248,11 +255,11 @@ impl ChildProc {
                 self.last_exit = Some(describe_exit(s));
                 break;
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || abort() {
                 // SAFETY: as above.
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
                 let _ = child.wait();
-                self.last_exit = Some(format!("killed after {} s", grace.as_secs()));
+                self.last_exit = Some("killed (stop deadline passed or second signal)".into());
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -193,16 +193,25 @@ fn run(config: SystemConfig) -> ExitCode {
         }
     });
     if !ready {
-        eprintln!(
-            "stream-manager: the store did not become ready ({}); stopping",
-            procs[0]
-                .last_exit
-                .clone()
-                .unwrap_or_else(|| "no answer".into())
-        );
-        procs[0].stop(STORE_STOP_GRACE);
+        let signalled = signals.load(Ordering::SeqCst) > 0;
+        if signalled {
+            eprintln!("[supervisor] stopping during start-up");
+        } else {
+            eprintln!(
+                "stream-manager: the store did not become ready ({}); stopping",
+                procs[0]
+                    .last_exit
+                    .clone()
+                    .unwrap_or_else(|| "no answer".into())
+            );
+        }
+        procs[0].stop(STORE_STOP_GRACE, &|| signals.load(Ordering::SeqCst) > 1);
         drop(listener);
-        return ExitCode::from(1);
+        return if signalled {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
     }
     for p in procs.iter_mut().skip(1) {
         if let Err(e) = p.spawn() {
@@ -230,7 +239,11 @@ fn run(config: SystemConfig) -> ExitCode {
                 .stop,
         );
         if sigs > handled_signals || stop_requested {
-            handled_signals = sigs;
+            // Only the first signal is consumed here; any later one means
+            // "kill now".
+            if sigs > handled_signals {
+                handled_signals += 1;
+            }
             break;
         }
         let restarts = std::mem::take(
@@ -247,7 +260,9 @@ fn run(config: SystemConfig) -> ExitCode {
                 } else {
                     INTAKE_STOP_GRACE
                 };
-                p.restart_now(grace);
+                p.restart_now(grace, &|| {
+                    signals.load(Ordering::SeqCst) > handled_signals + 1
+                });
             }
         }
         pin_ingest_port(&config, &mut procs);
@@ -260,29 +275,15 @@ fn run(config: SystemConfig) -> ExitCode {
 
     // Shutdown: intake first, then the store; a second signal kills.
     eprintln!("[supervisor] stopping");
-    let killer = {
-        let signals = signals.clone();
-        let pids: Vec<u32> = procs.iter().filter_map(ChildProc::pid).collect();
-        std::thread::spawn(move || loop {
-            if signals.load(Ordering::SeqCst) > handled_signals {
-                for pid in &pids {
-                    // SAFETY: signalling our own children's process groups.
-                    unsafe { libc::kill(-(*pid as i32), libc::SIGKILL) };
-                }
-                return;
-            }
-            std::thread::sleep(TICK);
-        })
-    };
+    let abort = || signals.load(Ordering::SeqCst) > handled_signals;
     for p in procs.iter_mut().rev() {
         let grace = if p.name == "store" {
             STORE_STOP_GRACE
         } else {
             INTAKE_STOP_GRACE
         };
-        p.stop(grace);
+        p.stop(grace, &abort);
     }
-    drop(killer);
     drop(listener);
     eprintln!("[supervisor] stopped");
     ExitCode::SUCCESS

@@ -234,7 +234,9 @@ fn create(c: &BusClient, name: &str, flush: bool, max_size: i64) -> Result<()> {
 /// Appends `total` 1 KiB messages spread over `streams` with `appenders`
 /// concurrent tasks on one client thread; returns appends per second.
 fn append_load(c: &BusClient, streams: &[String], total: u64, appenders: usize) -> Result<f64> {
-    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     rt.block_on(async {
