@@ -87,7 +87,7 @@ impl EventLog {
     /// Events after position `after` for a watcher that knows `epoch`.
     fn since(&self, epoch: u64, after: u64) -> EventBatch {
         let next = self.next();
-        if epoch != self.epoch || after + 1 < self.first || after > next {
+        if epoch != self.epoch || after.saturating_add(1) < self.first || after > next {
             return EventBatch {
                 epoch: self.epoch,
                 next,
@@ -655,7 +655,7 @@ impl StoreServer {
         let epoch = self.log.epoch;
         let mut keep = Vec::new();
         for w in std::mem::take(&mut self.watchers) {
-            let has_events = w.after + 1 < next;
+            let has_events = w.after.saturating_add(1) < next;
             if (has_events && !expire_only) || w.deadline <= now {
                 let batch = self.log.since(epoch, w.after);
                 self.reply(&w.peer, w.id, Response::Events(batch));
