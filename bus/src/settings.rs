@@ -58,3 +58,13 @@ pub fn ensure_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
+
+/// Reports every configuration problem of `process` on stderr; returns the
+/// exit code for a configuration error (2).
+pub fn report_problems(process: &str, problems: &[String]) -> std::process::ExitCode {
+    eprintln!("{process}: invalid configuration:");
+    for p in problems {
+        eprintln!("  - {p}");
+    }
+    std::process::ExitCode::from(2)
+}

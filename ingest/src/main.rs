@@ -11,13 +11,7 @@ use ingest::config::IngestConfig;
 fn main() -> ExitCode {
     let config = match IngestConfig::from_lookup(|k| std::env::var(k).ok()) {
         Ok(c) => c,
-        Err(problems) => {
-            eprintln!("ingest: invalid configuration:");
-            for p in problems {
-                eprintln!("  - {p}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(problems) => return bus::settings::report_problems("ingest", &problems),
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(format!(

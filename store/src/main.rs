@@ -18,13 +18,7 @@ fn main() -> ExitCode {
     store::memory::tune_allocator();
     let config = match StoreConfig::from_lookup(|k| std::env::var(k).ok()) {
         Ok(c) => c,
-        Err(problems) => {
-            eprintln!("store: invalid configuration:");
-            for p in problems {
-                eprintln!("  - {p}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(problems) => return bus::settings::report_problems("store", &problems),
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(format!(

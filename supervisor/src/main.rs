@@ -62,13 +62,7 @@ fn main() -> ExitCode {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let config = match SystemConfig::load(&env, config_file.as_deref()) {
         Ok(c) => c,
-        Err(problems) => {
-            eprintln!("stream-manager: invalid configuration:");
-            for p in problems {
-                eprintln!("  - {p}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(problems) => return bus::settings::report_problems("stream-manager", &problems),
     };
     match rest.as_slice() {
         [] => run(config),
