@@ -208,6 +208,12 @@ pub struct ExportProgress {
     pub error_message: Option<String>,
     pub exported_bytes_delta: i64,
     pub exported_messages_delta: i64,
+    /// The cursor the exporter believes is stored. When set and the stored
+    /// cursor differs (the export was reset by an update, or another exporter
+    /// moved it), the commit is refused with `ErrorKind::Conflict` and nothing
+    /// changes.
+    #[serde(default)]
+    pub expected_last_exported_sequence_number: Option<i64>,
 }
 
 /// A request to the store.
@@ -245,6 +251,10 @@ pub enum Request {
         min_count: Option<i64>,
         max_count: Option<i64>,
         wait_ms: Option<i64>,
+        /// Payload bytes one answer may carry (the first message is always
+        /// included); `None` is the store's own bound.
+        #[serde(default)]
+        max_bytes: Option<i64>,
     },
     /// Advance an export's cursor and record its status.
     CommitExport {
@@ -257,6 +267,15 @@ pub enum Request {
     WatchEvents {
         epoch: u64,
         after: u64,
+        wait_ms: i64,
+    },
+    /// Ask for `bytes` of the exporters' shared upload budget
+    /// (`STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH`). Answered with `Granted` when
+    /// the budget allows, waiting callers served by `priority` (1 highest,
+    /// 11 = no priority), then in arrival order; `Busy` after `wait_ms`.
+    AcquireBandwidth {
+        bytes: i64,
+        priority: i64,
         wait_ms: i64,
     },
     /// Sync everything to disk and exit.
@@ -280,6 +299,8 @@ pub enum Response {
     Messages(Vec<Message>),
     Committed,
     Events(EventBatch),
+    /// The bandwidth asked for may be used now.
+    Granted,
     ShuttingDown,
     Error(ErrorReply),
 }
@@ -346,6 +367,9 @@ pub enum ErrorKind {
     Busy,
     /// The store is shutting down (6).
     ShuttingDown,
+    /// A compare-and-set failed: the state changed since the caller read it
+    /// (an export cursor reset by an update).
+    Conflict,
     /// The envelope has another bus version.
     UnsupportedBusVersion,
     /// The bytes are not a valid envelope.

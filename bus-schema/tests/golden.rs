@@ -148,6 +148,7 @@ fn requests() -> Vec<(String, Vec<u8>, RequestEnvelope)> {
                 min_count: Some(1),
                 max_count: Some(100),
                 wait_ms: Some(2000),
+                max_bytes: Some(5_242_880),
             },
         ),
         req(
@@ -158,6 +159,7 @@ fn requests() -> Vec<(String, Vec<u8>, RequestEnvelope)> {
                 min_count: None,
                 max_count: None,
                 wait_ms: None,
+                max_bytes: None,
             },
         ),
         req(
@@ -171,6 +173,7 @@ fn requests() -> Vec<(String, Vec<u8>, RequestEnvelope)> {
                     error_message: None,
                     exported_bytes_delta: 500,
                     exported_messages_delta: 5,
+                    expected_last_exported_sequence_number: Some(4),
                 },
             },
         ),
@@ -180,6 +183,14 @@ fn requests() -> Vec<(String, Vec<u8>, RequestEnvelope)> {
                 epoch: 77,
                 after: 12,
                 wait_ms: 30_000,
+            },
+        ),
+        req(
+            "acquire-bandwidth",
+            Request::AcquireBandwidth {
+                bytes: 65_536,
+                priority: 3,
+                wait_ms: 1000,
             },
         ),
         req("shutdown", Request::Shutdown),
@@ -236,6 +247,7 @@ fn responses() -> Vec<(String, Vec<u8>, ResponseEnvelope)> {
                 ],
             }),
         ),
+        resp("granted", Response::Granted),
         resp("shutting-down", Response::ShuttingDown),
     ];
     for kind in [
@@ -247,6 +259,7 @@ fn responses() -> Vec<(String, Vec<u8>, ResponseEnvelope)> {
         ErrorKind::ResponseTooLarge,
         ErrorKind::StoreReadError,
         ErrorKind::StoreWriteError,
+        ErrorKind::Conflict,
         ErrorKind::Busy,
         ErrorKind::ShuttingDown,
         ErrorKind::UnsupportedBusVersion,

@@ -18,6 +18,13 @@ pub const SERVER_QUEUE_MESSAGES_MAX: i32 = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerId(Vec<u8>);
 
+impl From<Vec<u8>> for PeerId {
+    /// A peer from its ZeroMQ routing id (for tests of code that keys on peers).
+    fn from(routing_id: Vec<u8>) -> Self {
+        Self(routing_id)
+    }
+}
+
 /// One message taken off the socket.
 #[derive(Debug)]
 pub enum Incoming {

@@ -68,3 +68,60 @@ pub fn report_problems(process: &str, problems: &[String]) -> std::process::Exit
     }
     std::process::ExitCode::from(2)
 }
+
+/// Largest `STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH`, kbit/s (about 1 Tbit/s:
+/// beyond it the budget is as good as unlimited).
+pub const EXPORTER_MAX_BANDWIDTH_KBPS_MAX: u64 = 1_000_000_000;
+
+/// Concurrent uploads per exporter process when no pool size is set (the
+/// AWS stream manager's default).
+pub const EXPORTER_THREAD_POOL_SIZE_DEFAULT: usize = 5;
+
+/// Largest accepted exporter pool size.
+pub const EXPORTER_THREAD_POOL_SIZE_MAX: usize = 1024;
+
+/// `STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH` in bytes per second (the setting
+/// is kbit/s, 1 kbit = 1000 bits), `None` when unset (unlimited).
+pub fn exporter_max_bandwidth(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<u64>, String> {
+    let name = "STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH";
+    match get(name) {
+        None => Ok(None),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(k) if (1..=EXPORTER_MAX_BANDWIDTH_KBPS_MAX).contains(&k) => Ok(Some(k * 125)),
+            _ => Err(format!(
+                "{name} {v:?} must be a whole number of kbit/s from 1 to {EXPORTER_MAX_BANDWIDTH_KBPS_MAX}"
+            )),
+        },
+    }
+}
+
+/// Concurrent uploads per exporter process, from
+/// `STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE` or its other spelling
+/// `STREAM_MANAGER_THREAD_POOL_SIZE` (both set: they must agree).
+pub fn exporter_thread_pool_size(get: &impl Fn(&str) -> Option<String>) -> Result<usize, String> {
+    let names = [
+        "STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE",
+        "STREAM_MANAGER_THREAD_POOL_SIZE",
+    ];
+    let mut found: Option<(usize, &str)> = None;
+    for name in names {
+        let Some(v) = get(name) else { continue };
+        let n = match v.trim().parse::<usize>() {
+            Ok(n) if (1..=EXPORTER_THREAD_POOL_SIZE_MAX).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "{name} {v:?} must be a whole number from 1 to {EXPORTER_THREAD_POOL_SIZE_MAX}"
+                ))
+            }
+        };
+        match found {
+            Some((m, other)) if m != n => {
+                return Err(format!("{other} ({m}) and {name} ({n}) disagree"))
+            }
+            _ => found = Some((n, name)),
+        }
+    }
+    Ok(found.map_or(EXPORTER_THREAD_POOL_SIZE_DEFAULT, |(n, _)| n))
+}

@@ -463,6 +463,7 @@ fn to_bus(request: ClientRequest, store_timeout: Duration) -> (Request, Duration
                     min_count: min,
                     max_count: max,
                     wait_ms: wait,
+                    max_bytes: None,
                 },
                 store_timeout + waited,
                 Some(stream),

@@ -75,6 +75,7 @@ pub fn status_of(kind: ErrorKind) -> i64 {
         ErrorKind::StoreReadError => status::MESSAGE_STORE_READ_ERROR,
         ErrorKind::Busy | ErrorKind::ShuttingDown => status::SERVER_TIMEOUT,
         ErrorKind::StoreWriteError
+        | ErrorKind::Conflict
         | ErrorKind::UnsupportedBusVersion
         | ErrorKind::MalformedMessage => status::UNKNOWN_FAILURE,
     }

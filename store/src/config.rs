@@ -11,6 +11,8 @@ pub struct StoreConfig {
     pub root: PathBuf,
     /// `tracing` filter directive derived from `LOG_LEVEL`.
     pub log_filter: String,
+    /// The exporters' shared upload budget, bytes/s (`None`: unlimited).
+    pub exporter_bandwidth: Option<u64>,
 }
 
 impl StoreConfig {
@@ -25,8 +27,16 @@ impl StoreConfig {
             problems.push(e);
             "info".to_string()
         });
+        let exporter_bandwidth = bus::settings::exporter_max_bandwidth(&get).unwrap_or_else(|e| {
+            problems.push(e);
+            None
+        });
         if problems.is_empty() {
-            Ok(Self { root, log_filter })
+            Ok(Self {
+                root,
+                log_filter,
+                exporter_bandwidth,
+            })
         } else {
             Err(problems)
         }

@@ -950,6 +950,19 @@ impl Engine {
         start: u64,
         max_count: u64,
     ) -> Result<Vec<Message>, EngineError> {
+        self.read_bounded(name, start, max_count, READ_RESPONSE_BYTES_TARGET)
+    }
+
+    /// `read`, stopping before the payloads pass `max_bytes` (the first
+    /// message is always included).
+    pub fn read_bounded(
+        &self,
+        name: &str,
+        start: u64,
+        max_count: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, EngineError> {
+        let max_bytes = max_bytes.min(READ_RESPONSE_BYTES_TARGET);
         let s = self.streams.get(name).ok_or_else(|| not_found(name))?;
         let from = start.max(s.oldest);
         let to = s.next.min(from.saturating_add(max_count));
@@ -962,7 +975,7 @@ impl Engine {
             Some(mem) => {
                 let skip = (from - s.oldest) as usize;
                 for (i, r) in mem.iter().skip(skip).take((to - from) as usize).enumerate() {
-                    if !out.is_empty() && bytes + r.payload.len() > READ_RESPONSE_BYTES_TARGET {
+                    if !out.is_empty() && bytes + r.payload.len() > max_bytes {
                         break;
                     }
                     bytes += r.payload.len();
@@ -991,7 +1004,7 @@ impl Engine {
                             format!("stream {name:?} has a malformed record"),
                         )));
                     };
-                    if !out.is_empty() && bytes + payload.len() > READ_RESPONSE_BYTES_TARGET {
+                    if !out.is_empty() && bytes + payload.len() > max_bytes {
                         break;
                     }
                     bytes += payload.len();
@@ -1031,6 +1044,17 @@ impl Engine {
             .get(identifier)
             .cloned()
             .unwrap_or_else(|| s.default_status(identifier));
+        if let Some(expected) = progress.expected_last_exported_sequence_number {
+            if expected != status.last_exported_sequence_number {
+                return Err(EngineError::Refused(ErrorReply::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "export {identifier:?} of stream {name:?} is at {}, not at {expected}: it was reset or moved since it was read",
+                        status.last_exported_sequence_number
+                    ),
+                )));
+            }
+        }
         if progress.last_exported_sequence_number < status.last_exported_sequence_number {
             return Err(invalid(format!(
                 "export {identifier:?} of stream {name:?} is at {}; it cannot move back to {}",
@@ -1143,6 +1167,7 @@ mod tests {
             error_message: None,
             exported_bytes_delta: 1,
             exported_messages_delta: 1,
+            expected_last_exported_sequence_number: None,
         };
         e.commit_export("s", "k", &progress).unwrap();
         assert_eq!(data_keys(&e), 10_000);
@@ -1243,6 +1268,7 @@ mod tests {
                 error_message: None,
                 exported_bytes_delta: 2,
                 exported_messages_delta: 2,
+                expected_last_exported_sequence_number: None,
             };
             e.commit_export(&name, "k", &progress).unwrap();
             assert_eq!(lag(&e), None, "all exported");

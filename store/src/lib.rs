@@ -4,6 +4,7 @@
 //! holds the definition rules; `keys` the on-disk layout. Nothing here knows
 //! the SDK wire format or any AWS destination.
 
+pub mod bandwidth;
 pub mod config;
 pub mod engine;
 pub mod keys;

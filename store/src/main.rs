@@ -70,7 +70,9 @@ fn run(config: &StoreConfig) -> anyhow::Result<Stop> {
         pid = std::process::id(),
         "store serving"
     );
-    let stop = StoreServer::new(engine, bus).run(Some(signal_rx.as_raw_fd()));
+    let stop = StoreServer::new(engine, bus)
+        .with_bandwidth(config.exporter_bandwidth)
+        .run(Some(signal_rx.as_raw_fd()));
     drop(lock);
     Ok(stop)
 }

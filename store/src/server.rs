@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use bus::{BusServer, Incoming, PeerId};
 use bus_schema::{
     ErrorKind, ErrorReply, Event, EventBatch, HealthInfo, Request, Response, ResponseEnvelope,
-    BUS_PROTOCOL_VERSION, READ_MESSAGES_MAX,
+    BUS_PROTOCOL_VERSION, READ_MESSAGES_MAX, READ_RESPONSE_BYTES_TARGET,
 };
 
+use crate::bandwidth::Budget;
 use crate::engine::{AppendItem, Engine, EngineError};
 
 /// Requests taken off the socket in one round.
@@ -56,6 +57,7 @@ struct WaitingRead {
     start: u64,
     min: u64,
     max: u64,
+    max_bytes: usize,
     deadline: Instant,
 }
 
@@ -118,6 +120,7 @@ pub struct StoreServer {
     /// Requests skipped because their deadline had passed.
     pub expired_requests: u64,
     appended_since_trim: u64,
+    budget: Budget,
 }
 
 struct PendingAppend {
@@ -150,7 +153,14 @@ impl StoreServer {
             stop: None,
             expired_requests: 0,
             appended_since_trim: 0,
+            budget: Budget::new(None, Instant::now()),
         }
+    }
+
+    /// Caps the exporters' shared upload budget at `bytes_per_s`.
+    pub fn with_bandwidth(mut self, bytes_per_s: Option<u64>) -> Self {
+        self.budget = Budget::new(bytes_per_s, Instant::now());
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -195,6 +205,13 @@ impl StoreServer {
                 err(ErrorKind::ShuttingDown, "the store is stopping"),
             );
         }
+        for w in self.budget.drain() {
+            self.reply(
+                &w.peer,
+                w.id,
+                err(ErrorKind::ShuttingDown, "the store is stopping"),
+            );
+        }
         if let Err(e) = self.engine.close() {
             tracing::error!(error = %e, "closing the database failed");
             return Stop::StorageFailure(e.to_string());
@@ -214,6 +231,7 @@ impl StoreServer {
             .flatten()
             .map(|r| r.deadline)
             .chain(self.watchers.iter().map(|w| w.deadline))
+            .chain(self.budget.next_wake())
             .fold(self.next_expiry, Instant::min);
         Some(next.saturating_duration_since(now))
     }
@@ -314,6 +332,7 @@ impl StoreServer {
                 | Request::DescribeAll
                 | Request::ListStreams
                 | Request::Health
+                | Request::AcquireBandwidth { .. }
                 | Request::WatchEvents { .. }) => deferred.push((peer, envelope.id, body)),
                 body => {
                     // Everything that came before this request is answered
@@ -496,16 +515,40 @@ impl StoreServer {
                 min_count,
                 max_count,
                 wait_ms,
+                max_bytes,
             } => {
                 return self.handle_read(
                     peer,
                     id,
                     stream,
                     start_sequence_number,
-                    min_count,
-                    max_count,
+                    (min_count, max_count, max_bytes),
                     wait_ms,
                 )
+            }
+            Request::AcquireBandwidth {
+                bytes,
+                priority,
+                wait_ms,
+            } => {
+                if bytes < 0 || !(0..=WAIT_MS_MAX).contains(&wait_ms) {
+                    err(
+                        ErrorKind::InvalidRequest,
+                        format!("bandwidth request of {bytes} bytes waiting {wait_ms} ms is out of range"),
+                    )
+                } else {
+                    let deadline = Instant::now() + Duration::from_millis(wait_ms as u64);
+                    match self
+                        .budget
+                        .push(peer.clone(), id, bytes, priority, deadline)
+                    {
+                        Ok(()) => {
+                            self.serve_bandwidth();
+                            return None;
+                        }
+                        Err(m) => err(ErrorKind::Busy, m),
+                    }
+                }
             }
             other => err(
                 ErrorKind::InvalidRequest,
@@ -515,18 +558,17 @@ impl StoreServer {
         Some(r)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn handle_read(
         &mut self,
         peer: &PeerId,
         id: u64,
         stream: String,
         start: Option<i64>,
-        min: Option<i64>,
-        max: Option<i64>,
+        (min, max, max_bytes): (Option<i64>, Option<i64>, Option<i64>),
         wait_ms: Option<i64>,
     ) -> Option<Response> {
         let start = start.unwrap_or(0);
+        let max_bytes = max_bytes.unwrap_or(READ_RESPONSE_BYTES_TARGET as i64);
         let min = min.unwrap_or(1);
         let max = max.unwrap_or(min.max(1));
         let wait_ms = wait_ms.unwrap_or(0);
@@ -556,6 +598,8 @@ impl StoreServer {
             Some(format!(
                 "readTimeoutMillis must be between 0 and {WAIT_MS_MAX}, got {wait_ms}"
             ))
+        } else if max_bytes < 1 {
+            Some(format!("max_bytes must be at least 1, got {max_bytes}"))
         } else {
             None
         };
@@ -569,6 +613,7 @@ impl StoreServer {
             start: start as u64,
             min: min as u64,
             max: max.min(READ_MESSAGES_MAX) as u64,
+            max_bytes: max_bytes.min(READ_RESPONSE_BYTES_TARGET as i64) as usize,
             deadline: Instant::now() + Duration::from_millis(wait_ms as u64),
         };
         match self.engine.available(&waiting.stream, waiting.start) {
@@ -591,7 +636,10 @@ impl StoreServer {
     }
 
     fn read_now(&mut self, w: &WaitingRead) -> Response {
-        match self.engine.read(&w.stream, w.start, w.max) {
+        match self
+            .engine
+            .read_bounded(&w.stream, w.start, w.max, w.max_bytes)
+        {
             Ok(messages) if (messages.len() as u64) < w.min => err(
                 ErrorKind::ResponseTooLarge,
                 format!(
@@ -689,6 +737,20 @@ impl StoreServer {
             self.reply(&w.peer, w.id, not_enough(&w));
         }
         self.serve_watchers(true);
+        self.serve_bandwidth();
+        for w in self.budget.expired(due) {
+            self.reply(
+                &w.peer,
+                w.id,
+                err(ErrorKind::Busy, "no bandwidth was free before the deadline"),
+            );
+        }
+    }
+
+    fn serve_bandwidth(&mut self) {
+        for w in self.budget.grant_ready(Instant::now()) {
+            self.reply(&w.peer, w.id, Response::Granted);
+        }
     }
 
     fn housekeeping(&mut self) {

@@ -204,6 +204,7 @@ fn a_request_in_flight_when_the_store_dies_fails_at_once() {
                 min_count: Some(1),
                 max_count: None,
                 wait_ms: Some(20_000),
+                max_bytes: None,
             },
             Duration::from_secs(30),
         );
@@ -269,6 +270,7 @@ fn pipelined_requests_are_answered_in_the_order_they_change_things() {
             min_count: Some(1),
             max_count: None,
             wait_ms: None,
+            max_bytes: None,
         },
         Request::DeleteStream { name: "p".into() },
     ];

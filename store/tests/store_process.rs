@@ -26,6 +26,7 @@ fn append_read_describe_delete_over_the_bus() {
             min_count: Some(2),
             max_count: Some(4),
             wait_ms: None,
+            max_bytes: None,
         },
     )
     .unwrap();
@@ -75,6 +76,7 @@ fn long_poll_read_is_woken_by_an_append_and_times_out_on_time() {
                 min_count: Some(2),
                 max_count: Some(10),
                 wait_ms: Some(3000),
+                max_bytes: None,
             },
             TIMEOUT,
         );
@@ -98,6 +100,7 @@ fn long_poll_read_is_woken_by_an_append_and_times_out_on_time() {
             min_count: Some(1),
             max_count: None,
             wait_ms: Some(300),
+            max_bytes: None,
         },
         TIMEOUT,
     );
@@ -197,6 +200,7 @@ fn definitions_data_and_cursors_survive_a_restart_and_memory_streams_do_not_keep
         error_message: None,
         exported_bytes_delta: 3,
         exported_messages_delta: 3,
+        expected_last_exported_sequence_number: None,
     };
     assert!(matches!(
         call(

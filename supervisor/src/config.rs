@@ -152,27 +152,12 @@ impl SystemConfig {
                 )),
             }
         }
-        check_number(
-            &vars,
-            "STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH",
-            1,
-            u64::MAX,
-            &mut problems,
-        );
-        check_number(
-            &vars,
-            "STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE",
-            1,
-            1024,
-            &mut problems,
-        );
-        check_number(
-            &vars,
-            "STREAM_MANAGER_THREAD_POOL_SIZE",
-            1,
-            1024,
-            &mut problems,
-        );
+        if let Err(e) = bus::settings::exporter_max_bandwidth(&get) {
+            problems.push(e);
+        }
+        if let Err(e) = bus::settings::exporter_thread_pool_size(&get) {
+            problems.push(e);
+        }
         check_number(
             &vars,
             "STREAM_MANAGER_EXPORTER_S3_DESTINATION_MULTIPART_UPLOAD_MIN_PART_SIZE_BYTES",
@@ -180,16 +165,6 @@ impl SystemConfig {
             5 * 1024 * 1024 * 1024,
             &mut problems,
         );
-        if let (Some(a), Some(b)) = (
-            vars.get("STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE"),
-            vars.get("STREAM_MANAGER_THREAD_POOL_SIZE"),
-        ) {
-            if a != b {
-                problems.push(format!(
-                    "STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE ({a}) and STREAM_MANAGER_THREAD_POOL_SIZE ({b}) disagree"
-                ));
-            }
-        }
         if problems.is_empty() {
             vars.insert(
                 "STREAM_MANAGER_STORE_ROOT_DIR".into(),

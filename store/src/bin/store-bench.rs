@@ -293,6 +293,7 @@ fn read_load(c: &BusClient, streams: &[String]) -> Result<(f64, u64)> {
                             min_count: Some(1),
                             max_count: Some(1000),
                             wait_ms: None,
+                            max_bytes: None,
                         },
                         TIMEOUT,
                     );

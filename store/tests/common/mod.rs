@@ -170,6 +170,7 @@ pub fn read_all(client: &BusClient, stream: &str) -> Vec<bus_schema::Message> {
                 min_count: Some(1),
                 max_count: Some(1000),
                 wait_ms: None,
+                max_bytes: None,
             },
             TIMEOUT,
         ) {
