@@ -182,6 +182,10 @@ pub struct ExportStatus {
     pub error_message: Option<String>,
     pub exported_bytes: i64,
     pub exported_messages: i64,
+    /// Messages the exporter skipped because the destination can never
+    /// accept them (the error message names them).
+    #[serde(default)]
+    pub skipped_messages: i64,
     /// Ingest time (Unix ms) of the oldest message not exported yet, when
     /// there is one: how far behind the export is, in time. Computed when
     /// described.
@@ -208,6 +212,9 @@ pub struct ExportProgress {
     pub error_message: Option<String>,
     pub exported_bytes_delta: i64,
     pub exported_messages_delta: i64,
+    /// Messages skipped in this batch because they can never be delivered.
+    #[serde(default)]
+    pub skipped_messages_delta: i64,
     /// The cursor the exporter believes is stored. When set and the stored
     /// cursor differs (the export was reset by an update, or another exporter
     /// moved it), the commit is refused with `ErrorKind::Conflict` and nothing
@@ -318,7 +325,7 @@ pub struct HealthInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventBatch {
     pub epoch: u64,
-    /// Position to pass as `after` next time.
+    /// Last position this batch covers: pass it as `after` next time.
     pub next: u64,
     /// The caller missed events (store restarted or it fell too far behind):
     /// it must re-read the state it follows (`DescribeAll`).

@@ -84,6 +84,7 @@ fn info() -> StreamInfo {
             error_message: Some("throttled".into()),
             exported_bytes: 300,
             exported_messages: 3,
+            skipped_messages: 1,
             oldest_unexported_ingest_ms: Some(1_700_000_001_000),
         }],
     }
@@ -173,6 +174,7 @@ fn requests() -> Vec<(String, Vec<u8>, RequestEnvelope)> {
                     error_message: None,
                     exported_bytes_delta: 500,
                     exported_messages_delta: 5,
+                    skipped_messages_delta: 0,
                     expected_last_exported_sequence_number: Some(4),
                 },
             },

@@ -1,7 +1,140 @@
-//! `export-kinesis`: not built yet (issue 4). The crate exists so the workspace has
-//! the product's shape; the process refuses to start rather than pretend.
+//! `export-kinesis`: exports streams with a `kinesis` export definition to
+//! Kinesis Data Streams with `PutRecords`, on the shared exporter runtime.
+//!
+//! - Region, credentials and endpoint come from the standard AWS chain
+//!   (`AWS_REGION`, `AWS_ACCESS_KEY_ID`…, `AWS_ENDPOINT_URL_KINESIS` or
+//!   `AWS_ENDPOINT_URL`).
+//! - Batches of at most 500 records and 5 MiB (data plus partition keys); a
+//!   record over 1 MiB can never be put and is skipped with a recorded error.
+//! - Each record's partition key is a fresh random UUID, as the AWS stream
+//!   manager does: records spread over all shards, with no order across them.
+//! - The SDK's own retries are off: the runtime retries, with its own backoff,
+//!   exactly the records that failed, and records every error.
+
+use std::time::Duration;
+
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use bus_schema::{ExportCommon, Message, StreamDefinition};
+use export_runtime::{BatchResult, Destination, Export, Limits, Outcome};
+
+/// `PutRecords` takes at most this many records.
+pub const RECORDS_PER_CALL_MAX: usize = 500;
+/// … and this many bytes of data and partition keys.
+pub const BYTES_PER_CALL_MAX: usize = 5 * 1024 * 1024;
+/// One record (data and partition key) is at most 1 MiB.
+pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
+/// A UUID in text form: the partition key of every record.
+pub const PARTITION_KEY_BYTES: usize = 36;
+/// Time to open a connection to the endpoint.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time one `PutRecords` call may take, start to end.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Kinesis {
+    client: aws_sdk_kinesis::Client,
+}
+
+impl Destination for Kinesis {
+    type Target = String;
+
+    fn exports(&self, def: &StreamDefinition) -> Vec<(ExportCommon, String)> {
+        def.exports
+            .kinesis
+            .iter()
+            .map(|k| (k.common.clone(), k.kinesis_stream_name.clone()))
+            .collect()
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            records_per_call: RECORDS_PER_CALL_MAX,
+            bytes_per_call: BYTES_PER_CALL_MAX,
+            record_bytes_max: RECORD_BYTES_MAX,
+        }
+    }
+
+    fn record_size(&self, payload: &[u8]) -> usize {
+        payload.len() + PARTITION_KEY_BYTES
+    }
+
+    async fn send(&self, export: &Export<String>, records: &[Message]) -> BatchResult {
+        let entries = records
+            .iter()
+            .map(|m| {
+                PutRecordsRequestEntry::builder()
+                    .data(Blob::new(m.payload.clone()))
+                    .partition_key(uuid::Uuid::new_v4().to_string())
+                    .build()
+                    .expect("data and partition key are set")
+            })
+            .collect();
+        let call = self
+            .client
+            .put_records()
+            .stream_name(&export.target)
+            .set_records(Some(entries))
+            .send()
+            .await;
+        match call {
+            Ok(out) => BatchResult::PerRecord(
+                out.records()
+                    .iter()
+                    .map(|r| match r.error_code() {
+                        None => Outcome::Delivered,
+                        // Every per-record code (throughput exceeded, internal
+                        // failure, KMS throttling or access) may pass later.
+                        Some(code) => Outcome::Retry(format!(
+                            "{code}: {}",
+                            r.error_message().unwrap_or("no message")
+                        )),
+                    })
+                    .collect(),
+            ),
+            Err(e) => {
+                // Whole-call failures (throttling, 5xx, timeouts, connection
+                // loss, a missing stream, bad credentials or stream name) never
+                // drop data: the records wait until the cause is gone.
+                let reason = match e.code() {
+                    Some(code) => format!(
+                        "PutRecords to {:?} failed: {code}: {}",
+                        export.target,
+                        e.message().unwrap_or("no message")
+                    ),
+                    None => format!(
+                        "PutRecords to {:?} failed: {}",
+                        export.target,
+                        DisplayErrorContext(&e)
+                    ),
+                };
+                BatchResult::RetryAll(reason)
+            }
+        }
+    }
+}
+
+async fn make() -> Result<Kinesis, String> {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_timeout(CALL_TIMEOUT)
+                .build(),
+        )
+        .load()
+        .await;
+    if config.region().is_none() {
+        tracing::warn!(
+            "no AWS region is configured (AWS_REGION): every export will fail until one is"
+        );
+    }
+    Ok(Kinesis {
+        client: aws_sdk_kinesis::Client::new(&config),
+    })
+}
 
 fn main() -> std::process::ExitCode {
-    eprintln!("export-kinesis is not implemented yet (issue 4); see README.md");
-    std::process::ExitCode::from(2)
+    export_runtime::run_process("export-kinesis", make)
 }

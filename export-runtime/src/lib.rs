@@ -1,1 +1,961 @@
-pub fn placeholder() {}
+//! What every exporter process shares. An exporter implements
+//! [`Destination`] (how to send a batch to one AWS service and what came of
+//! each record) and calls [`run_process`]; this crate does the rest:
+//!
+//! - learns the streams and exports of its kind from the store and follows
+//!   creates, updates, deletes and new data through the store's change events
+//!   (one long poll; an idle exporter sleeps);
+//! - per export, reads from the stored cursor, forms batches bounded by
+//!   `batchSize`, the destination's limits and the bandwidth cap, and sends
+//!   one when `batchSize` messages wait or the oldest waiting message has
+//!   waited `batchIntervalMillis` (without an interval: as soon as data is
+//!   there);
+//! - re-sends exactly the records that failed with a retryable error, forever,
+//!   with capped jittered backoff; skips records the destination can never
+//!   accept and records which;
+//! - moves the cursor in the store only over records that were delivered or
+//!   skipped, with a compare-and-set so a cursor reset by an update is never
+//!   overwritten; records the export status after each batch;
+//! - bounds concurrent uploads per process (thread pool size, by priority) and
+//!   shares one upload budget with every other exporter through the store.
+//!
+//! Export is at-least-once: a batch sent but not yet committed when the
+//! process dies is sent again.
+
+mod gate;
+pub mod store;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus_schema::{ErrorKind, ExportCommon, ExportProgress, Message, StreamDefinition, StreamInfo};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use gate::{GatePermit, PriorityGate};
+use store::{Store, StoreError, WATCH_WAIT_MS};
+
+/// First delay after a failure.
+pub const RETRY_DELAY_FIRST: Duration = Duration::from_millis(200);
+/// Longest delay between two attempts (the AWS stream manager documents
+/// "up to 5 minutes"; a shorter cap drains sooner after an outage).
+pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(60);
+/// How long a stopping exporter lets in-flight uploads finish and commit
+/// (the supervisor waits 5 s before it kills).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// How long one bandwidth request waits in the store before asking again.
+pub const BANDWIDTH_WAIT_MS: i64 = 5_000;
+/// Sequence numbers an error message names at most.
+pub const ERROR_SEQUENCE_NUMBERS_MAX: usize = 10;
+/// Priority of exports that have none (after 10, the lowest settable).
+pub const PRIORITY_NONE: i64 = 11;
+
+/// What became of one record of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The destination acknowledged it.
+    Delivered,
+    /// It failed in a way that may pass later: send it again.
+    Retry(String),
+    /// The destination can never accept it: skip it and record why.
+    Reject(String),
+}
+
+/// What became of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchResult {
+    /// One outcome per record, in the order sent.
+    PerRecord(Vec<Outcome>),
+    /// Nothing was accepted (throttled, unavailable, timed out, connection
+    /// lost, misconfigured): send the whole batch again after a backoff.
+    RetryAll(String),
+}
+
+/// A destination's per-call limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Records per call, at most; also `batchSize`'s default and maximum.
+    pub records_per_call: usize,
+    /// Bytes per call, at most, as [`Destination::record_size`] counts them.
+    pub bytes_per_call: usize,
+    /// A record larger than this can never be sent: it is skipped.
+    pub record_bytes_max: usize,
+}
+
+/// One export of one stream, as the destination sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Export<T> {
+    pub stream: String,
+    pub identifier: String,
+    pub common: ExportCommon,
+    pub target: T,
+}
+
+impl<T> Export<T> {
+    pub fn priority(&self) -> i64 {
+        self.common
+            .priority
+            .unwrap_or(PRIORITY_NONE)
+            .clamp(1, PRIORITY_NONE)
+    }
+}
+
+/// An AWS destination.
+pub trait Destination: Send + Sync + 'static {
+    /// Per-export settings beyond the common ones (e.g. the Kinesis stream).
+    type Target: Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static;
+    /// The exports of this destination's kind in a stream definition.
+    fn exports(&self, def: &StreamDefinition) -> Vec<(ExportCommon, Self::Target)>;
+    fn limits(&self) -> Limits;
+    /// Size of one record as the destination's limits count it.
+    fn record_size(&self, payload: &[u8]) -> usize {
+        payload.len()
+    }
+    /// Sends `records` (1 ..= limits) and says what became of each.
+    fn send<'a>(
+        &'a self,
+        export: &'a Export<Self::Target>,
+        records: &'a [Message],
+    ) -> impl Future<Output = BatchResult> + Send + 'a;
+}
+
+/// A destination this version cannot export to yet. Its exports are
+/// followed like any other, nothing is dropped, and every export's status
+/// says why nothing moves (retried at the longest backoff).
+pub struct NotBuilt {
+    /// What the status says, e.g. "export to S3 is not built yet (issue 5)".
+    pub reason: &'static str,
+    /// The exports of its kind in a definition.
+    pub exports: fn(&StreamDefinition) -> Vec<ExportCommon>,
+}
+
+impl Destination for NotBuilt {
+    type Target = ();
+    fn exports(&self, def: &StreamDefinition) -> Vec<(ExportCommon, ())> {
+        (self.exports)(def).into_iter().map(|c| (c, ())).collect()
+    }
+    fn limits(&self) -> Limits {
+        Limits {
+            records_per_call: 1,
+            bytes_per_call: usize::MAX,
+            record_bytes_max: usize::MAX,
+        }
+    }
+    async fn send(&self, _export: &Export<()>, _records: &[Message]) -> BatchResult {
+        BatchResult::RetryAll(format!(
+            "{}: the messages are kept until a version that exports them runs",
+            self.reason
+        ))
+    }
+}
+
+/// Settings every exporter reads (validated at start-up).
+#[derive(Debug, Clone)]
+pub struct ExporterConfig {
+    pub root: PathBuf,
+    pub log_filter: String,
+    /// Shared upload budget, bytes/s; `None` is unlimited.
+    pub bandwidth: Option<u64>,
+    /// Concurrent uploads of this process.
+    pub pool_size: usize,
+}
+
+impl ExporterConfig {
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, Vec<String>> {
+        let root = bus::settings::store_root(&get);
+        let log_filter = bus::settings::log_level(&get);
+        let bandwidth = bus::settings::exporter_max_bandwidth(&get);
+        let pool_size = bus::settings::exporter_thread_pool_size(&get);
+        match (root, log_filter, bandwidth, pool_size) {
+            (Ok(root), Ok(log_filter), Ok(bandwidth), Ok(pool_size)) => Ok(Self {
+                root,
+                log_filter,
+                bandwidth,
+                pool_size,
+            }),
+            (root, log_filter, bandwidth, pool_size) => Err([
+                root.err(),
+                log_filter.err(),
+                bandwidth.err(),
+                pool_size.err(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()),
+        }
+    }
+}
+
+/// Capped exponential backoff with ±25% jitter.
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: RETRY_DELAY_FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(RETRY_DELAY_MAX);
+        d.mul_f64(rand::random_range(0.75..1.25))
+    }
+    pub fn reset(&mut self) {
+        self.next = RETRY_DELAY_FIRST;
+    }
+}
+
+/// The whole exporter process: configuration, logging, runtime, signals.
+/// `name` is the process name; `make` builds the destination.
+pub fn run_process<D, F, Fut>(name: &str, make: F) -> ExitCode
+where
+    D: Destination,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<D, String>>,
+{
+    let config = match ExporterConfig::from_lookup(|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(problems) => return bus::settings::report_problems(name, &problems),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let dest = match make().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the destination client");
+                return ExitCode::from(2);
+            }
+        };
+        let store = match Store::connect(&config.root) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the bus");
+                return ExitCode::from(1);
+            }
+        };
+        let runtime = Runtime::new(dest, store, &config);
+        let stop = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        tracing::info!(pool = config.pool_size, bandwidth_bytes_per_s = ?config.bandwidth, "exporter started");
+        runtime.run(stop).await;
+        tracing::info!("exporter stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+struct Shared<D: Destination> {
+    dest: D,
+    store: Store,
+    gate: Arc<PriorityGate>,
+    bandwidth: Option<u64>,
+    stopping: watch::Receiver<bool>,
+}
+
+struct Task<T> {
+    export: Export<T>,
+    newest: watch::Sender<i64>,
+    join: JoinHandle<()>,
+}
+
+/// The exports of one process and the follower that keeps them in step with
+/// the store.
+pub struct Runtime<D: Destination> {
+    shared: Arc<Shared<D>>,
+    stop_tx: watch::Sender<bool>,
+    tasks: HashMap<(String, String), Task<D::Target>>,
+}
+
+impl<D: Destination> Runtime<D> {
+    pub fn new(dest: D, store: Store, config: &ExporterConfig) -> Self {
+        let (stop_tx, stopping) = watch::channel(false);
+        Self {
+            shared: Arc::new(Shared {
+                dest,
+                store,
+                gate: PriorityGate::new(config.pool_size),
+                bandwidth: config.bandwidth,
+                stopping,
+            }),
+            stop_tx,
+            tasks: HashMap::new(),
+        }
+    }
+
+    /// Runs until `stop` completes, then lets in-flight batches finish and
+    /// commit for up to [`SHUTDOWN_GRACE`].
+    pub async fn run(mut self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut epoch = 0u64;
+        let mut after = 0u64;
+        let mut backoff = Backoff::default();
+        loop {
+            let batch = tokio::select! {
+                _ = &mut stop => break,
+                b = self.shared.store.watch(epoch, after, WATCH_WAIT_MS) => b,
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow the store; retrying");
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    }
+                }
+            };
+            if batch.resync {
+                // The store restarted, or we are new: read everything. Events
+                // from `batch.next` on are seen after this, so nothing is missed.
+                match self.shared.store.describe_all().await {
+                    Ok(all) => {
+                        self.reconcile_all(all).await;
+                        epoch = batch.epoch;
+                        after = batch.next;
+                        backoff.reset();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the streams; retrying");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+                continue;
+            }
+            backoff.reset();
+            after = batch.next;
+            for event in batch.events {
+                self.apply(event).await;
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn apply(&mut self, event: bus_schema::Event) {
+        use bus_schema::Event;
+        match event {
+            Event::Appended {
+                name,
+                newest_sequence_number,
+            } => {
+                for ((stream, _), task) in &self.tasks {
+                    if *stream == name {
+                        task.newest.send_if_modified(|n| {
+                            let newer = newest_sequence_number > *n;
+                            if newer {
+                                *n = newest_sequence_number;
+                            }
+                            newer
+                        });
+                    }
+                }
+            }
+            Event::StreamCreated { name } | Event::StreamUpdated { name } => {
+                match self.shared.store.describe(&name).await {
+                    Ok(info) => self.reconcile_stream(&name, Some(&info)).await,
+                    Err(StoreError::Refused(r)) if r.kind == ErrorKind::ResourceNotFound => {
+                        self.reconcile_stream(&name, None).await
+                    }
+                    Err(e) => {
+                        // Leave the tasks as they are; the next resync fixes it.
+                        tracing::warn!(stream = %name, error = %e, "cannot read a changed stream");
+                    }
+                }
+            }
+            Event::StreamDeleted { name } => self.reconcile_stream(&name, None).await,
+        }
+    }
+
+    async fn reconcile_all(&mut self, all: Vec<StreamInfo>) {
+        let names: std::collections::HashSet<String> =
+            all.iter().map(|i| i.definition.name.clone()).collect();
+        let gone: Vec<String> = self
+            .tasks
+            .keys()
+            .filter(|(s, _)| !names.contains(s))
+            .map(|(s, _)| s.clone())
+            .collect();
+        for name in gone {
+            self.reconcile_stream(&name, None).await;
+        }
+        for info in &all {
+            self.reconcile_stream(&info.definition.name, Some(info))
+                .await;
+        }
+    }
+
+    /// Makes the running exports of `name` match its definition: new ones
+    /// start, changed ones restart from the stored cursor, removed or
+    /// disabled ones stop.
+    async fn reconcile_stream(&mut self, name: &str, info: Option<&StreamInfo>) {
+        let dest = &self.shared.dest;
+        let wanted: Vec<Export<D::Target>> = info
+            .map(|i| {
+                dest.exports(&i.definition)
+                    .into_iter()
+                    .filter(|(c, _)| c.disabled != Some(true))
+                    .map(|(common, target)| Export {
+                        stream: name.to_string(),
+                        identifier: common.identifier.clone(),
+                        common,
+                        target,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let stale: Vec<(String, String)> = self
+            .tasks
+            .iter()
+            .filter(|((s, id), t)| {
+                s == name && !wanted.iter().any(|w| w.identifier == *id && *w == t.export)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            if let Some(task) = self.tasks.remove(&key) {
+                tracing::info!(stream = %key.0, export = %key.1, "export stopped or changed");
+                task.join.abort();
+                let _ = task.join.await;
+            }
+        }
+        let Some(info) = info else { return };
+        for export in wanted {
+            let key = (export.stream.clone(), export.identifier.clone());
+            if let Some(task) = self.tasks.get(&key) {
+                task.newest.send_if_modified(|n| {
+                    let newer = info.storage.newest_sequence_number > *n;
+                    if newer {
+                        *n = info.storage.newest_sequence_number;
+                    }
+                    newer
+                });
+                continue;
+            }
+            let cursor = info
+                .export_statuses
+                .iter()
+                .find(|s| s.export_identifier == export.identifier)
+                .map(|s| s.last_exported_sequence_number)
+                .unwrap_or(-1);
+            let (newest, newest_rx) = watch::channel(info.storage.newest_sequence_number);
+            tracing::info!(stream = %key.0, export = %key.1, cursor, "export started");
+            let worker = ExportWorker {
+                shared: self.shared.clone(),
+                export: export.clone(),
+                cursor,
+                newest: newest_rx,
+                recorded_error: None,
+            };
+            let join = tokio::spawn(worker.run());
+            self.tasks.insert(
+                key,
+                Task {
+                    export,
+                    newest,
+                    join,
+                },
+            );
+        }
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop_tx.send(true);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        for (_, task) in self.tasks.drain() {
+            let mut join = task.join;
+            if tokio::time::timeout_at(deadline, &mut join).await.is_err() {
+                join.abort();
+            }
+        }
+    }
+}
+
+/// Why a worker stopped waiting.
+enum Wake {
+    Ready,
+    Stop,
+}
+
+struct ExportWorker<D: Destination> {
+    shared: Arc<Shared<D>>,
+    export: Export<D::Target>,
+    /// Last sequence number delivered (or skipped) and committed.
+    cursor: i64,
+    newest: watch::Receiver<i64>,
+    /// The error the store shows for this export now (to avoid rewriting it).
+    recorded_error: Option<String>,
+}
+
+/// What one batch came to.
+struct Sent {
+    bytes: i64,
+    delivered: i64,
+    skipped: Vec<(i64, String)>,
+}
+
+impl<D: Destination> ExportWorker<D> {
+    fn stopping(&self) -> bool {
+        *self.shared.stopping.borrow()
+    }
+
+    fn batch_size(&self) -> usize {
+        let max = self.shared.dest.limits().records_per_call;
+        self.export
+            .common
+            .batch_size
+            .map(|b| (b.max(1) as usize).min(max))
+            .unwrap_or(max)
+    }
+
+    /// Bytes one batch may carry: the destination's limit, and under a
+    /// bandwidth cap no more than one second of the budget (so priorities
+    /// and the cap act at a fine grain).
+    fn batch_bytes(&self) -> usize {
+        let limit = self.shared.dest.limits().bytes_per_call;
+        match self.shared.bandwidth {
+            Some(rate) => limit.min(rate as usize).max(1),
+            None => limit,
+        }
+    }
+
+    /// Sleeps `d`, or less if the process is stopping.
+    async fn pause(&mut self, d: Duration) -> Wake {
+        let mut stopping = self.shared.stopping.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Wake::Ready,
+            _ = stopping.wait_for(|s| *s) => Wake::Stop,
+        }
+    }
+
+    async fn run(mut self) {
+        let mut backoff = Backoff::default();
+        let mut first_pending: Option<(i64, i64)> = None;
+        loop {
+            match self.wait_for_batch(&mut first_pending, &mut backoff).await {
+                Wake::Stop => return,
+                Wake::Ready => {}
+            }
+            let messages = match self
+                .shared
+                .store
+                .read(
+                    &self.export.stream,
+                    self.cursor + 1,
+                    self.batch_size(),
+                    self.batch_bytes(),
+                )
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == Some(ErrorKind::ResourceNotFound) => return,
+                Err(e) => {
+                    tracing::warn!(stream = %self.export.stream, error = %e, "cannot read the stream");
+                    let d = backoff.next_delay();
+                    if let Wake::Stop = self.pause(d).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(first) = messages.first() else {
+                // The data we were told about is not there (yet): wait for news.
+                if let Wake::Stop = self.pause(backoff.next_delay()).await {
+                    return;
+                }
+                continue;
+            };
+            backoff.reset();
+            first_pending = None;
+            if first.sequence_number > self.cursor + 1 {
+                tracing::warn!(
+                    stream = %self.export.stream,
+                    export = %self.export.identifier,
+                    lost = first.sequence_number - self.cursor - 1,
+                    "messages were removed by the stream's storage policy before they were exported"
+                );
+            }
+            let last = messages.last().map_or(self.cursor, |m| m.sequence_number);
+            let Some(sent) = self.send_all(messages).await else {
+                return; // stopping: the batch is sent again after the restart
+            };
+            if !self.commit(last, sent).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits until a batch is due: `batchSize` messages wait, or (with an
+    /// interval) the oldest waiting one has waited `batchIntervalMillis`, or
+    /// (without) any message waits.
+    async fn wait_for_batch(
+        &mut self,
+        first_pending: &mut Option<(i64, i64)>,
+        backoff: &mut Backoff,
+    ) -> Wake {
+        let mut stopping = self.shared.stopping.clone();
+        loop {
+            if self.stopping() {
+                return Wake::Stop;
+            }
+            let newest = *self.newest.borrow_and_update();
+            let waiting = newest - self.cursor;
+            if waiting >= self.batch_size() as i64 {
+                return Wake::Ready;
+            }
+            if waiting >= 1 {
+                let Some(interval) = self.export.common.batch_interval_ms else {
+                    return Wake::Ready;
+                };
+                // When did the oldest waiting message arrive?
+                let seq = self.cursor + 1;
+                let ingest_ms = match *first_pending {
+                    Some((s, ms)) if s == seq => ms,
+                    _ => match self.shared.store.read(&self.export.stream, seq, 1, 1).await {
+                        Ok(m) if !m.is_empty() => {
+                            *first_pending = Some((seq, m[0].ingest_time_ms));
+                            m[0].ingest_time_ms
+                        }
+                        Ok(_) => return Wake::Ready,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the stream");
+                            if let Wake::Stop = self.pause(backoff.next_delay()).await {
+                                return Wake::Stop;
+                            }
+                            continue;
+                        }
+                    },
+                };
+                let due_in = ingest_ms.saturating_add(interval) - bus::unix_ms() as i64;
+                if due_in <= 0 {
+                    return Wake::Ready;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(due_in as u64)) => return Wake::Ready,
+                    r = self.newest.changed() => if r.is_err() { return Wake::Stop },
+                    _ = stopping.wait_for(|s| *s) => return Wake::Stop,
+                }
+                continue;
+            }
+            tokio::select! {
+                r = self.newest.changed() => if r.is_err() { return Wake::Stop },
+                _ = stopping.wait_for(|s| *s) => return Wake::Stop,
+            }
+        }
+    }
+
+    /// Sends `messages` until each is delivered or skipped. `None` when the
+    /// process stops first.
+    async fn send_all(&mut self, messages: Vec<Message>) -> Option<Sent> {
+        let shared = self.shared.clone();
+        let dest = &shared.dest;
+        let limits = dest.limits();
+        let mut sent = Sent {
+            bytes: 0,
+            delivered: 0,
+            skipped: Vec::new(),
+        };
+        let mut pending = Vec::with_capacity(messages.len());
+        for m in messages {
+            let size = dest.record_size(&m.payload);
+            if size > limits.record_bytes_max {
+                sent.skipped.push((
+                    m.sequence_number,
+                    format!(
+                        "record of {size} bytes is over the destination's limit of {} bytes",
+                        limits.record_bytes_max
+                    ),
+                ));
+            } else {
+                pending.push(m);
+            }
+        }
+        let mut backoff = Backoff::default();
+        let priority = self.export.priority();
+        while !pending.is_empty() {
+            let bytes: usize = pending.iter().map(|m| dest.record_size(&m.payload)).sum();
+            let permit = self.shared.gate.acquire(priority).await;
+            if self.shared.bandwidth.is_some() {
+                loop {
+                    if self.stopping() {
+                        return None;
+                    }
+                    match self
+                        .shared
+                        .store
+                        .acquire_bandwidth(bytes, priority, BANDWIDTH_WAIT_MS)
+                        .await
+                    {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == Some(ErrorKind::Busy) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot get bandwidth from the store");
+                            if let Wake::Stop = self.pause(backoff.next_delay()).await {
+                                return None;
+                            }
+                        }
+                    }
+                }
+            }
+            let result = dest.send(&self.export, &pending).await;
+            drop(permit);
+            let failure = match result {
+                BatchResult::RetryAll(reason) => Some(reason),
+                BatchResult::PerRecord(outcomes) if outcomes.len() != pending.len() => {
+                    Some(format!(
+                        "the destination answered {} results for {} records",
+                        outcomes.len(),
+                        pending.len()
+                    ))
+                }
+                BatchResult::PerRecord(outcomes) => {
+                    let mut retry = Vec::new();
+                    let mut reason = None;
+                    for (m, o) in pending.drain(..).zip(outcomes) {
+                        match o {
+                            Outcome::Delivered => {
+                                sent.bytes += m.payload.len() as i64;
+                                sent.delivered += 1;
+                            }
+                            Outcome::Reject(why) => sent.skipped.push((m.sequence_number, why)),
+                            Outcome::Retry(why) => {
+                                reason.get_or_insert_with(|| {
+                                    format!("record {} failed: {why}", m.sequence_number)
+                                });
+                                retry.push(m);
+                            }
+                        }
+                    }
+                    pending = retry;
+                    reason.map(|r| {
+                        format!(
+                            "{} of the batch's records must be sent again; {r}",
+                            pending.len()
+                        )
+                    })
+                }
+            };
+            if let Some(reason) = failure {
+                tracing::warn!(
+                    stream = %self.export.stream,
+                    export = %self.export.identifier,
+                    error = %reason,
+                    "export attempt failed; retrying"
+                );
+                self.record_error(reason).await;
+                if let Wake::Stop = self.pause(backoff.next_delay()).await {
+                    return None;
+                }
+            }
+        }
+        Some(sent)
+    }
+
+    /// Shows a failure in the export status (cursor unchanged).
+    async fn record_error(&mut self, reason: String) {
+        if self.recorded_error.as_deref() == Some(reason.as_str()) {
+            return;
+        }
+        let progress = ExportProgress {
+            last_exported_sequence_number: self.cursor,
+            last_export_time_ms: bus::unix_ms() as i64,
+            error_message: Some(reason.clone()),
+            exported_bytes_delta: 0,
+            exported_messages_delta: 0,
+            skipped_messages_delta: 0,
+            expected_last_exported_sequence_number: Some(self.cursor),
+        };
+        if self
+            .shared
+            .store
+            .commit(&self.export.stream, &self.export.identifier, progress)
+            .await
+            .is_ok()
+        {
+            self.recorded_error = Some(reason);
+        }
+    }
+
+    /// Moves the cursor to `last`. `false` when the export must stop (the
+    /// stream or export is gone, or the process is stopping).
+    async fn commit(&mut self, last: i64, sent: Sent) -> bool {
+        let error_message = (!sent.skipped.is_empty()).then(|| skipped_message(&sent.skipped));
+        if let Some(m) = &error_message {
+            tracing::warn!(stream = %self.export.stream, export = %self.export.identifier, "{m}");
+        }
+        let progress = ExportProgress {
+            last_exported_sequence_number: last,
+            last_export_time_ms: bus::unix_ms() as i64,
+            error_message: error_message.clone(),
+            exported_bytes_delta: sent.bytes,
+            exported_messages_delta: sent.delivered,
+            skipped_messages_delta: sent.skipped.len() as i64,
+            expected_last_exported_sequence_number: Some(self.cursor),
+        };
+        let mut backoff = Backoff::default();
+        loop {
+            let r = self
+                .shared
+                .store
+                .commit(
+                    &self.export.stream,
+                    &self.export.identifier,
+                    progress.clone(),
+                )
+                .await;
+            match r {
+                Ok(()) => {
+                    self.cursor = last;
+                    self.recorded_error = error_message;
+                    return true;
+                }
+                Err(e) if e.kind() == Some(ErrorKind::Conflict) => {
+                    // Reset by an update, or our earlier commit landed and its
+                    // answer was lost: carry on from what the store holds.
+                    return self.reload_cursor().await;
+                }
+                Err(e) if e.kind() == Some(ErrorKind::ResourceNotFound) => return false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot commit the export cursor; retrying");
+                    if let Wake::Stop = self.pause(backoff.next_delay()).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reload_cursor(&mut self) -> bool {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.shared.store.describe(&self.export.stream).await {
+                Ok(info) => {
+                    let Some(status) = info
+                        .export_statuses
+                        .iter()
+                        .find(|s| s.export_identifier == self.export.identifier)
+                    else {
+                        return false;
+                    };
+                    self.cursor = status.last_exported_sequence_number;
+                    self.recorded_error = status.error_message.clone();
+                    return true;
+                }
+                Err(e) if e.kind() == Some(ErrorKind::ResourceNotFound) => return false,
+                Err(_) => {
+                    if let Wake::Stop = self.pause(backoff.next_delay()).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// "N messages can never be delivered and were skipped: 5 (why), 9 (why) …"
+fn skipped_message(skipped: &[(i64, String)]) -> String {
+    let mut parts: Vec<String> = skipped
+        .iter()
+        .take(ERROR_SEQUENCE_NUMBERS_MAX)
+        .map(|(s, why)| format!("{s} ({why})"))
+        .collect();
+    if skipped.len() > ERROR_SEQUENCE_NUMBERS_MAX {
+        parts.push(format!(
+            "and {} more",
+            skipped.len() - ERROR_SEQUENCE_NUMBERS_MAX
+        ));
+    }
+    format!(
+        "{} message(s) can never be delivered and were skipped: sequence number {}",
+        skipped.len(),
+        parts.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut b = Backoff::default();
+        let first = b.next_delay();
+        assert!(
+            first >= RETRY_DELAY_FIRST.mul_f64(0.75) && first <= RETRY_DELAY_FIRST.mul_f64(1.25)
+        );
+        for _ in 0..30 {
+            let d = b.next_delay();
+            assert!(d <= RETRY_DELAY_MAX.mul_f64(1.25));
+        }
+        assert!(b.next_delay() >= RETRY_DELAY_MAX.mul_f64(0.75));
+        b.reset();
+        assert!(b.next_delay() <= RETRY_DELAY_FIRST.mul_f64(1.25));
+    }
+
+    #[test]
+    fn skipped_messages_are_named_up_to_a_bound() {
+        let skipped: Vec<(i64, String)> = (0..12).map(|i| (i, "too big".to_string())).collect();
+        let m = skipped_message(&skipped);
+        assert!(m.starts_with("12 message(s)"), "{m}");
+        assert!(
+            m.contains("9 (too big)") && !m.contains("10 (too big)"),
+            "{m}"
+        );
+        assert!(m.ends_with("and 2 more"), "{m}");
+    }
+
+    #[test]
+    fn config_reports_every_problem() {
+        let e = ExporterConfig::from_lookup(|k| match k {
+            "LOG_LEVEL" => Some("LOUD".into()),
+            "STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH" => Some("-1".into()),
+            "STREAM_MANAGER_THREAD_POOL_SIZE" => Some("0".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+        let c = ExporterConfig::from_lookup(|k| match k {
+            "STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH" => Some("8".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.bandwidth, Some(1000), "8 kbit/s is 1000 bytes/s");
+        assert_eq!(
+            c.pool_size,
+            bus::settings::EXPORTER_THREAD_POOL_SIZE_DEFAULT
+        );
+    }
+}

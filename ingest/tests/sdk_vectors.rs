@@ -367,6 +367,7 @@ fn every_accepted_response_is_reproduced_by_the_server_encoder() {
                             error_message: e["errorMessage"].as_str().map(Into::into),
                             exported_bytes: e["exportedBytesFromStream"].as_i64().unwrap_or(0),
                             exported_messages: e["exportedMessagesCount"].as_i64().unwrap_or(0),
+                            skipped_messages: 0,
                             oldest_unexported_ingest_ms: None,
                         })
                         .collect(),

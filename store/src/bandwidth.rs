@@ -88,20 +88,15 @@ impl Budget {
     pub fn grant_ready(&mut self, now: Instant) -> Vec<Waiter> {
         self.refill(now);
         let mut granted = Vec::new();
-        loop {
-            let Some(best) = self
-                .waiting
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, w)| (w.priority, w.arrival))
-                .map(|(i, _)| i)
-            else {
+        while let Some(best) = self
+            .waiting
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, w)| (w.priority, w.arrival))
+            .map(|(i, _)| i)
+        {
+            if self.rate.is_some() && self.tokens < 0.0 {
                 break;
-            };
-            match self.rate {
-                None => {}
-                Some(_) if self.tokens >= 0.0 => {}
-                Some(_) => break,
             }
             let w = self.waiting.swap_remove(best);
             if self.rate.is_some() {

@@ -177,6 +177,7 @@ impl Stream {
             error_message: None,
             exported_bytes: 0,
             exported_messages: 0,
+            skipped_messages: 0,
             oldest_unexported_ingest_ms: None,
         }
     }
@@ -1068,8 +1069,11 @@ impl Engine {
                 s.next as i64 - 1
             )));
         }
-        if progress.exported_bytes_delta < 0 || progress.exported_messages_delta < 0 {
-            return Err(invalid("exported byte and message counts only grow"));
+        if progress.exported_bytes_delta < 0
+            || progress.exported_messages_delta < 0
+            || progress.skipped_messages_delta < 0
+        {
+            return Err(invalid("exported and skipped counts only grow"));
         }
         status.last_exported_sequence_number = progress.last_exported_sequence_number;
         status.last_export_time_ms = Some(progress.last_export_time_ms);
@@ -1080,6 +1084,9 @@ impl Engine {
         status.exported_messages = status
             .exported_messages
             .saturating_add(progress.exported_messages_delta);
+        status.skipped_messages = status
+            .skipped_messages
+            .saturating_add(progress.skipped_messages_delta);
         if s.is_file() {
             self.ks_state
                 .insert(cursor_key(s.id, identifier), cbor(&status))?;
@@ -1167,6 +1174,7 @@ mod tests {
             error_message: None,
             exported_bytes_delta: 1,
             exported_messages_delta: 1,
+            skipped_messages_delta: 0,
             expected_last_exported_sequence_number: None,
         };
         e.commit_export("s", "k", &progress).unwrap();
@@ -1268,6 +1276,7 @@ mod tests {
                 error_message: None,
                 exported_bytes_delta: 2,
                 exported_messages_delta: 2,
+                skipped_messages_delta: 0,
                 expected_last_exported_sequence_number: None,
             };
             e.commit_export(&name, "k", &progress).unwrap();

@@ -86,13 +86,15 @@ impl EventLog {
         }
         self.events.push_back(e);
     }
-    /// Events after position `after` for a watcher that knows `epoch`.
+    /// Events after position `after` (the last position the watcher has
+    /// seen; 0 = none) for a watcher that knows `epoch`. The batch's `next`
+    /// is the last position it covers: the `after` of the next call.
     fn since(&self, epoch: u64, after: u64) -> EventBatch {
-        let next = self.next();
-        if epoch != self.epoch || after.saturating_add(1) < self.first || after > next {
+        let last = self.next() - 1;
+        if epoch != self.epoch || after.saturating_add(1) < self.first || after > last {
             return EventBatch {
                 epoch: self.epoch,
-                next,
+                next: last,
                 resync: true,
                 events: Vec::new(),
             };
@@ -100,7 +102,7 @@ impl EventLog {
         let skip = (after + 1 - self.first) as usize;
         EventBatch {
             epoch: self.epoch,
-            next,
+            next: last,
             resync: false,
             events: self.events.iter().skip(skip).cloned().collect(),
         }

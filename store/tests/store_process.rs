@@ -134,7 +134,7 @@ fn watchers_see_definition_and_data_events() {
     };
     assert!(first.resync, "an unknown epoch must resync");
     let w = c.clone();
-    let (epoch, after) = (first.epoch, first.next - 1);
+    let (epoch, after) = (first.epoch, first.next);
     let t = std::thread::spawn(move || {
         w.call(
             Request::WatchEvents {
@@ -157,7 +157,7 @@ fn watchers_see_definition_and_data_events() {
         &c,
         Request::WatchEvents {
             epoch,
-            after: b.next - 1,
+            after: b.next,
             wait_ms: 1000,
         },
     )
@@ -200,6 +200,7 @@ fn definitions_data_and_cursors_survive_a_restart_and_memory_streams_do_not_keep
         error_message: None,
         exported_bytes_delta: 3,
         exported_messages_delta: 3,
+        skipped_messages_delta: 0,
         expected_last_exported_sequence_number: None,
     };
     assert!(matches!(

@@ -241,31 +241,56 @@ impl ChildProc {
     /// SIGTERM, then SIGKILL after `grace` or as soon as `abort()` says so
     /// (a second stop signal); waits for the exit.
     pub fn stop(&mut self, grace: Duration, abort: &dyn Fn() -> bool) {
+        stop_together(&mut [self], grace, abort);
+    }
+
+    /// Sends SIGTERM to the process group, if running.
+    fn begin_stop(&mut self) {
         self.restart_at = None;
+        if let Some(child) = self.child.as_ref() {
+            // SAFETY: signalling our own child's process group.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+        }
+    }
+
+    /// `true` once stopped; past the deadline (or on `abort`) it kills.
+    fn poll_stop(&mut self, deadline: Instant, abort: &dyn Fn() -> bool) -> bool {
         let Some(child) = self.child.as_mut() else {
             self.state = State::Stopped;
-            return;
+            return true;
         };
-        let pid = child.id() as i32;
-        // SAFETY: signalling our own child's process group.
-        unsafe { libc::kill(-pid, libc::SIGTERM) };
-        let deadline = Instant::now() + grace;
-        loop {
-            if let Ok(Some(s)) = child.try_wait() {
-                self.last_exit = Some(describe_exit(s));
-                break;
-            }
-            if Instant::now() >= deadline || abort() {
-                // SAFETY: as above.
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
-                let _ = child.wait();
-                self.last_exit = Some("killed (stop deadline passed or second signal)".into());
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Ok(Some(s)) = child.try_wait() {
+            self.last_exit = Some(describe_exit(s));
+        } else if Instant::now() >= deadline || abort() {
+            // SAFETY: as above.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            self.last_exit = Some("killed (stop deadline passed or second signal)".into());
+        } else {
+            return false;
         }
         self.child = None;
         self.state = State::Stopped;
+        true
+    }
+}
+
+/// Stops `procs` at once (SIGTERM to all), each within `grace`; whoever is
+/// still running at the deadline, or when `abort` says so, is killed.
+pub fn stop_together(procs: &mut [&mut ChildProc], grace: Duration, abort: &dyn Fn() -> bool) {
+    for p in procs.iter_mut() {
+        p.begin_stop();
+    }
+    let deadline = Instant::now() + grace;
+    loop {
+        let mut all = true;
+        for p in procs.iter_mut() {
+            all &= p.poll_stop(deadline, abort);
+        }
+        if all {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -26,15 +26,25 @@ use config::SystemConfig;
 
 /// How long the store has to answer after it starts.
 pub const STORE_READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Grace given to the ingest (and, later, exporters) on shutdown.
+/// Grace given to the ingest and to the exporters (which finish in-flight
+/// uploads and commit within 4 s) on shutdown.
 pub const INTAKE_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Grace given to the store on shutdown (it syncs and writes memtables out).
 pub const STORE_STOP_GRACE: Duration = Duration::from_secs(20);
 /// Main loop tick.
 const TICK: Duration = Duration::from_millis(50);
 
-/// The processes, in start order. Exporters join this list as they are built.
-pub const PROCESSES: [&str; 2] = ["store", "ingest"];
+/// The processes, in start order: the store first, the others once it
+/// answers. Shutdown stops the ingest (intake) first, then the exporters
+/// together, then the store.
+pub const PROCESSES: [&str; 6] = [
+    "store",
+    "ingest",
+    "export-kinesis",
+    "export-s3",
+    "export-analytics",
+    "export-sitewise",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -267,17 +277,16 @@ fn run(config: SystemConfig) -> ExitCode {
         std::thread::sleep(TICK);
     }
 
-    // Shutdown: intake first, then the store; a second signal kills.
+    // Shutdown: intake first, then the exporters (they commit what was
+    // acknowledged), then the store; a second signal kills.
     eprintln!("[supervisor] stopping");
     let abort = || signals.load(Ordering::SeqCst) > handled_signals;
-    for p in procs.iter_mut().rev() {
-        let grace = if p.name == "store" {
-            STORE_STOP_GRACE
-        } else {
-            INTAKE_STOP_GRACE
-        };
-        p.stop(grace, &abort);
-    }
+    let (store, rest) = procs.split_at_mut(1);
+    let (ingest, exporters) = rest.split_at_mut(1);
+    ingest[0].stop(INTAKE_STOP_GRACE, &abort);
+    let mut exporters: Vec<&mut ChildProc> = exporters.iter_mut().collect();
+    children::stop_together(&mut exporters, INTAKE_STOP_GRACE, &abort);
+    store[0].stop(STORE_STOP_GRACE, &abort);
     drop(listener);
     eprintln!("[supervisor] stopped");
     ExitCode::SUCCESS

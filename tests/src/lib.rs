@@ -2,6 +2,9 @@
 //! on a temporary store root, with the ingest on a free port of 127.0.0.1.
 //! Used by the tests in `tests/tests/` (official SDK clients, raw frames).
 
+pub mod aws;
+pub mod fault_proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -226,5 +229,176 @@ pub mod wire_client {
         ]);
         s.write_all(&frame(2, &req)).unwrap();
         status(&read_frame(s).unwrap().1)
+    }
+}
+
+/// The store alone (no ingest), with a bus client to drive it, for the
+/// exporter tests; exporters are started with [`StoreHarness::exporter`].
+pub struct StoreHarness {
+    pub root: tempfile::TempDir,
+    pub store: Child,
+    pub bus: bus::BusClient,
+    store_env: Vec<(String, String)>,
+}
+
+impl StoreHarness {
+    /// Starts the store with `env` (e.g. a bandwidth cap) and waits until it
+    /// answers.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let store_env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let store = Self::spawn_store(root.path(), &store_env);
+        let bus = bus::BusClient::connect(&bus::store_endpoint(root.path()), Default::default())
+            .expect("bus");
+        let h = Self {
+            root,
+            store,
+            bus,
+            store_env,
+        };
+        h.wait_healthy();
+        h
+    }
+
+    fn spawn_store(root: &Path, env: &[(String, String)]) -> Child {
+        Command::new(bin("store"))
+            .env("STREAM_MANAGER_STORE_ROOT_DIR", root)
+            .env("LOG_LEVEL", "WARN")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn store")
+    }
+
+    pub fn wait_healthy(&self) {
+        let start = Instant::now();
+        while !matches!(
+            self.bus
+                .call(bus_schema::Request::Health, Duration::from_millis(200)),
+            Ok(bus_schema::Response::Health(_))
+        ) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "store did not start"
+            );
+        }
+    }
+
+    /// kill -9 of the store, then a new one on the same root.
+    pub fn restart_store(&mut self) {
+        let _ = self.store.kill();
+        let _ = self.store.wait();
+        self.store = Self::spawn_store(self.root.path(), &self.store_env);
+        self.wait_healthy();
+    }
+
+    /// Starts exporter `name` against this store with `env` added.
+    pub fn exporter(&self, name: &str, env: &[(String, String)]) -> Child {
+        Command::new(bin(name))
+            .env("STREAM_MANAGER_STORE_ROOT_DIR", self.root.path())
+            .env("LOG_LEVEL", "INFO")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(self.store_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"))
+    }
+
+    pub fn call(&self, req: bus_schema::Request) -> bus_schema::Response {
+        self.bus
+            .call(req, Duration::from_secs(10))
+            .expect("store call")
+    }
+
+    pub fn create(&self, def: bus_schema::StreamDefinition) {
+        let r = self.call(bus_schema::Request::CreateStream { definition: def });
+        assert_eq!(r, bus_schema::Response::Created);
+    }
+
+    pub fn update(&self, def: bus_schema::StreamDefinition) {
+        let r = self.call(bus_schema::Request::UpdateStream { definition: def });
+        assert_eq!(r, bus_schema::Response::Updated);
+    }
+
+    pub fn append(&self, stream: &str, payload: Vec<u8>) -> i64 {
+        match self.call(bus_schema::Request::Append {
+            stream: stream.into(),
+            payload,
+        }) {
+            bus_schema::Response::Appended {
+                sequence_number, ..
+            } => sequence_number,
+            other => panic!("append to {stream}: {other:?}"),
+        }
+    }
+
+    pub fn describe(&self, stream: &str) -> bus_schema::StreamInfo {
+        match self.call(bus_schema::Request::DescribeStream {
+            name: stream.into(),
+        }) {
+            bus_schema::Response::Described(info) => info,
+            other => panic!("describe {stream}: {other:?}"),
+        }
+    }
+
+    /// The status of export `id` of `stream`.
+    pub fn export_status(&self, stream: &str, id: &str) -> bus_schema::ExportStatus {
+        self.describe(stream)
+            .export_statuses
+            .into_iter()
+            .find(|s| s.export_identifier == id)
+            .unwrap_or_else(|| panic!("{stream} has no export {id}"))
+    }
+
+    /// Waits until export `id` of `stream` has committed `last`; panics with
+    /// the status after `within`.
+    pub fn wait_exported(&self, stream: &str, id: &str, last: i64, within: Duration) {
+        let start = Instant::now();
+        loop {
+            let s = self.export_status(stream, id);
+            if s.last_exported_sequence_number >= last {
+                return;
+            }
+            assert!(
+                start.elapsed() < within,
+                "export {id} of {stream} did not reach {last} within {within:?}: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for StoreHarness {
+    fn drop(&mut self) {
+        let _ = self.store.kill();
+        let _ = self.store.wait();
+    }
+}
+
+/// Kills and reaps a child process (kill -9).
+pub fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Sends SIGTERM to a child and waits for it to exit (within 10 s).
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "process did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

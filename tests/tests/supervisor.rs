@@ -12,6 +12,16 @@ use serde_json::Value as Json;
 use stream_manager_tests::bin;
 use stream_manager_tests::wire_client;
 
+/// Every process `stream-manager` runs, in start order.
+const ALL: [&str; 6] = [
+    "store",
+    "ingest",
+    "export-kinesis",
+    "export-s3",
+    "export-analytics",
+    "export-sitewise",
+];
+
 struct Running {
     root: tempfile::TempDir,
     sm: Child,
@@ -39,7 +49,7 @@ impl Running {
             s.is_some_and(|s| {
                 s["processes"]
                     .as_array()
-                    .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["pid"].is_u64()))
+                    .is_some_and(|p| p.len() == ALL.len() && p.iter().all(|p| p["pid"].is_u64()))
             })
         };
         while !all_up(r.status()) {
@@ -163,7 +173,7 @@ fn all_processes_come_up_status_lists_them_and_an_sdk_client_appends() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["store", "ingest"]);
+    assert_eq!(names, ALL.to_vec());
     assert!(s["processes"]
         .as_array()
         .unwrap()
@@ -178,16 +188,29 @@ fn all_processes_come_up_status_lists_them_and_an_sdk_client_appends() {
 #[test]
 fn restart_changes_only_the_named_process() {
     let r = Running::start(&[]);
-    let (store, ingest) = (r.pid("store").unwrap(), r.pid("ingest").unwrap());
-    let out = r.command(&["restart", "ingest"]);
-    assert!(out.status.success());
-    let start = Instant::now();
-    while r.pid("ingest") == Some(ingest) {
-        assert!(start.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(50));
+    let mut c = r.client();
+    assert_eq!(wire_client::create(&mut c, "s"), 0);
+    for name in ["export-kinesis", "ingest"] {
+        let before: Vec<u64> = ALL.iter().map(|n| r.pid(n).unwrap()).collect();
+        let out = r.command(&["restart", name]);
+        assert!(out.status.success());
+        let old = r.pid(name).unwrap();
+        let start = Instant::now();
+        while r.pid(name).is_none_or(|p| p == old) {
+            assert!(start.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!alive(old));
+        for (n, pid) in ALL.iter().zip(before) {
+            if *n != name {
+                assert_eq!(r.pid(n), Some(pid), "{n} changed when {name} restarted");
+            }
+        }
+        // Ingestion keeps working across an exporter restart.
+        if name != "ingest" {
+            assert_eq!(wire_client::append(&mut c, "s", b"during").0, 0);
+        }
     }
-    assert_eq!(r.pid("store"), Some(store));
-    assert!(!alive(ingest));
     let bad = r.command(&["restart", "nonsense"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown process"));
@@ -203,7 +226,16 @@ fn kill_9_of_each_child_is_recovered_and_appends_keep_working() {
     // at-least-once. What must hold: every acknowledged append is stored and
     // sequence numbers never go back or repeat.
     let mut last = -1i64;
-    for name in ["ingest", "store", "ingest", "store"] {
+    for name in [
+        "ingest",
+        "store",
+        "export-kinesis",
+        "ingest",
+        "store",
+        "export-s3",
+        "export-analytics",
+        "export-sitewise",
+    ] {
         let pid = r.pid(name).unwrap();
         // SAFETY: signalling a process of the system under test.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -230,10 +262,7 @@ fn kill_9_of_each_child_is_recovered_and_appends_keep_working() {
 #[test]
 fn sigterm_leaves_no_process_and_no_socket_behind() {
     let mut r = Running::start(&[]);
-    let pids: Vec<u64> = ["store", "ingest"]
-        .iter()
-        .map(|n| r.pid(n).unwrap())
-        .collect();
+    let pids: Vec<u64> = ALL.iter().map(|n| r.pid(n).unwrap()).collect();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(r.sm.id() as i32, libc::SIGTERM) };
     let status = r.sm.wait().unwrap();
@@ -309,10 +338,7 @@ fn a_crash_looping_child_is_reported_and_backed_off() {
 #[test]
 fn children_exit_when_the_supervisor_is_killed_and_a_restart_is_clean() {
     let mut r = Running::start(&[]);
-    let pids: Vec<u64> = ["store", "ingest"]
-        .iter()
-        .map(|n| r.pid(n).unwrap())
-        .collect();
+    let pids: Vec<u64> = ALL.iter().map(|n| r.pid(n).unwrap()).collect();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(r.sm.id() as i32, libc::SIGKILL) };
     let _ = r.sm.wait();
