@@ -102,6 +102,9 @@ fn handle(request: &str, shared: &Shared, bus: Option<&bus::BusClient>) -> Strin
                                     "lag_messages": (i.storage.newest_sequence_number - x.last_exported_sequence_number).max(0),
                                     "lag_seconds": x.oldest_unexported_ingest_ms.map_or(0, |t| (now_ms - t).max(0) / 1000),
                                     "seconds_since_last_export": x.last_export_time_ms.map(|t| (now_ms - t).max(0) / 1000),
+                                    "exported_messages": x.exported_messages,
+                                    "exported_bytes": x.exported_bytes,
+                                    "skipped_messages": x.skipped_messages,
                                     "last_error": x.error_message,
                                 })
                             })
@@ -223,18 +226,19 @@ fn print_table(answer: &str) {
     }
     println!();
     println!(
-        "{:<24} {:<20} {:>12} {:>10} {:>8} {:>10}  LAST ERROR",
-        "STREAM", "EXPORT", "EXPORTED TO", "LAG MSGS", "LAG (s)", "SINCE (s)"
+        "{:<24} {:<20} {:>12} {:>10} {:>8} {:>10} {:>8}  LAST ERROR",
+        "STREAM", "EXPORT", "EXPORTED TO", "LAG MSGS", "LAG (s)", "SINCE (s)", "SKIPPED"
     );
     for e in v["exports"].as_array().into_iter().flatten() {
         println!(
-            "{:<24} {:<20} {:>12} {:>10} {:>8} {:>10}  {}",
+            "{:<24} {:<20} {:>12} {:>10} {:>8} {:>10} {:>8}  {}",
             s(&e["stream"]),
             s(&e["export"]),
             s(&e["last_exported_sequence_number"]),
             s(&e["lag_messages"]),
             s(&e["lag_seconds"]),
             s(&e["seconds_since_last_export"]),
+            s(&e["skipped_messages"]),
             s(&e["last_error"])
         );
     }

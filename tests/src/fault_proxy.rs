@@ -5,7 +5,9 @@
 //! connections) and come back on the same port.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
+
+use crate::http::{header, read_message};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,38 +49,6 @@ pub struct FaultProxy {
     stop: Arc<AtomicBool>,
     /// Bumped when the proxy goes down, so open connections close.
     generation: Arc<AtomicU64>,
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-/// Reads one HTTP message (head and `Content-Length` body); `None` at EOF.
-fn read_message(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if line == "\r\n" && !head.is_empty() {
-            break;
-        }
-        head.push_str(&line);
-    }
-    assert!(
-        header(&head, "transfer-encoding").is_none(),
-        "the fault proxy only speaks Content-Length bodies:\n{head}"
-    );
-    let len: usize = header(&head, "content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    Some((head, body))
 }
 
 /// `head` with `Content-Length` set to `len` and `Connection: close`.

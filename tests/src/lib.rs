@@ -3,7 +3,9 @@
 //! Used by the tests in `tests/tests/` (official SDK clients, raw frames).
 
 pub mod aws;
+pub mod fast_kinesis;
 pub mod fault_proxy;
+pub mod http;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
