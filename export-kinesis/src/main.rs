@@ -6,7 +6,7 @@
 //!   `AWS_ENDPOINT_URL`).
 //! - Batches of at most 500 records and 5 MiB (data plus partition keys); a
 //!   record over 1 MiB can never be put and is skipped with a recorded error.
-//! - Each record's partition key is a fresh random UUID, as the AWS stream
+//! - Each record's partition key is a fresh random (version 4) UUID, as the AWS stream
 //!   manager does: records spread over all shards, with no order across them.
 //! - The SDK's own retries are off: the runtime retries, with its own backoff,
 //!   exactly the records that failed, and records every error.
@@ -65,7 +65,11 @@ impl Destination for Kinesis {
             .map(|m| {
                 PutRecordsRequestEntry::builder()
                     .data(Blob::new(m.payload.clone()))
-                    .partition_key(uuid::Uuid::new_v4().to_string())
+                    .partition_key(
+                        uuid::Builder::from_random_bytes(rand::random())
+                            .into_uuid()
+                            .to_string(),
+                    )
                     .build()
                     .expect("data and partition key are set")
             })

@@ -53,6 +53,12 @@ pub const BANDWIDTH_WAIT_MS: i64 = 5_000;
 pub const ERROR_SEQUENCE_NUMBERS_MAX: usize = 10;
 /// Priority of exports that have none (after 10, the lowest settable).
 pub const PRIORITY_NONE: i64 = 11;
+/// Batches an export reads from the store ahead of the one being sent.
+pub const READ_AHEAD_BATCHES: usize = 1;
+/// Payload bytes of all batches held in memory by one exporter process
+/// (read ahead, being sent, or being re-sent), at most. A batch larger than
+/// this is read alone.
+pub const BATCH_MEMORY_BYTES_MAX: usize = 24 * 1024 * 1024;
 
 /// What became of one record of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,6 +291,8 @@ struct Shared<D: Destination> {
     gate: Arc<PriorityGate>,
     bandwidth: Option<u64>,
     stopping: watch::Receiver<bool>,
+    /// Batch memory, in KiB ([`BATCH_MEMORY_BYTES_MAX`]).
+    memory: Arc<tokio::sync::Semaphore>,
 }
 
 struct Task<T> {
@@ -311,6 +319,7 @@ impl<D: Destination> Runtime<D> {
                 gate: PriorityGate::new(config.pool_size),
                 bandwidth: config.bandwidth,
                 stopping,
+                memory: Arc::new(tokio::sync::Semaphore::new(BATCH_MEMORY_BYTES_MAX / 1024)),
             }),
             stop_tx,
             tasks: HashMap::new(),
@@ -510,31 +519,14 @@ enum Wake {
     Stop,
 }
 
-struct ExportWorker<D: Destination> {
-    shared: Arc<Shared<D>>,
-    export: Export<D::Target>,
-    /// Last sequence number delivered (or skipped) and committed.
-    cursor: i64,
-    newest: watch::Receiver<i64>,
-    /// The error the store shows for this export now (to avoid rewriting it).
-    recorded_error: Option<String>,
-}
-
-/// What one batch came to.
-struct Sent {
-    bytes: i64,
-    delivered: i64,
-    skipped: Vec<(i64, String)>,
-}
-
-impl<D: Destination> ExportWorker<D> {
+impl<D: Destination> Shared<D> {
     fn stopping(&self) -> bool {
-        *self.shared.stopping.borrow()
+        *self.stopping.borrow()
     }
 
-    fn batch_size(&self) -> usize {
-        let max = self.shared.dest.limits().records_per_call;
-        self.export
+    fn batch_size(&self, export: &Export<D::Target>) -> usize {
+        let max = self.dest.limits().records_per_call;
+        export
             .common
             .batch_size
             .map(|b| (b.max(1) as usize).min(max))
@@ -545,74 +537,116 @@ impl<D: Destination> ExportWorker<D> {
     /// bandwidth cap no more than one second of the budget (so priorities
     /// and the cap act at a fine grain).
     fn batch_bytes(&self) -> usize {
-        let limit = self.shared.dest.limits().bytes_per_call;
-        match self.shared.bandwidth {
+        let limit = self.dest.limits().bytes_per_call;
+        match self.bandwidth {
             Some(rate) => limit.min(rate as usize).max(1),
             None => limit,
         }
     }
 
     /// Sleeps `d`, or less if the process is stopping.
-    async fn pause(&mut self, d: Duration) -> Wake {
-        let mut stopping = self.shared.stopping.clone();
+    async fn pause(&self, d: Duration) -> Wake {
+        let mut stopping = self.stopping.clone();
         tokio::select! {
             _ = tokio::time::sleep(d) => Wake::Ready,
             _ = stopping.wait_for(|s| *s) => Wake::Stop,
         }
     }
+}
 
+/// A batch read from the store ahead of sending, holding its share of the
+/// process's batch memory.
+struct Batch {
+    messages: Vec<Message>,
+    _memory: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// KiB of batch memory `bytes` of payload take (the semaphore counts KiB).
+fn memory_kib(bytes: usize) -> u32 {
+    (bytes.div_ceil(1024) as u32).clamp(1, (BATCH_MEMORY_BYTES_MAX / 1024) as u32)
+}
+
+/// Reads an export's batches from the store when they are due and hands them
+/// to its worker, at most [`READ_AHEAD_BATCHES`] ahead, so the store is read
+/// while the previous batch is on the wire.
+struct Reader<D: Destination> {
+    shared: Arc<Shared<D>>,
+    export: Export<D::Target>,
+    /// Next sequence number to read.
+    next: i64,
+    newest: watch::Receiver<i64>,
+    tx: tokio::sync::mpsc::Sender<Batch>,
+}
+
+impl<D: Destination> Reader<D> {
     async fn run(mut self) {
+        let shared = self.shared.clone();
         let mut backoff = Backoff::default();
         let mut first_pending: Option<(i64, i64)> = None;
         loop {
-            match self.wait_for_batch(&mut first_pending, &mut backoff).await {
-                Wake::Stop => return,
-                Wake::Ready => {}
+            if let Wake::Stop = self.wait_for_batch(&mut first_pending, &mut backoff).await {
+                return;
             }
-            let messages = match self
-                .shared
+            let max_bytes = shared.batch_bytes();
+            let Ok(memory) = shared
+                .memory
+                .clone()
+                .acquire_many_owned(memory_kib(max_bytes))
+                .await
+            else {
+                return;
+            };
+            let read = shared
                 .store
                 .read(
                     &self.export.stream,
-                    self.cursor + 1,
-                    self.batch_size(),
-                    self.batch_bytes(),
+                    self.next,
+                    shared.batch_size(&self.export),
+                    max_bytes,
                 )
-                .await
-            {
+                .await;
+            let messages = match read {
                 Ok(m) => m,
                 Err(e) if e.kind() == Some(ErrorKind::ResourceNotFound) => return,
                 Err(e) => {
                     tracing::warn!(stream = %self.export.stream, error = %e, "cannot read the stream");
-                    let d = backoff.next_delay();
-                    if let Wake::Stop = self.pause(d).await {
+                    if let Wake::Stop = shared.pause(backoff.next_delay()).await {
                         return;
                     }
                     continue;
                 }
             };
-            let Some(first) = messages.first() else {
+            let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
                 // The data we were told about is not there (yet): wait for news.
-                if let Wake::Stop = self.pause(backoff.next_delay()).await {
+                if let Wake::Stop = shared.pause(backoff.next_delay()).await {
                     return;
                 }
                 continue;
             };
             backoff.reset();
             first_pending = None;
-            if first.sequence_number > self.cursor + 1 {
+            if first.sequence_number > self.next {
                 tracing::warn!(
                     stream = %self.export.stream,
                     export = %self.export.identifier,
-                    lost = first.sequence_number - self.cursor - 1,
+                    lost = first.sequence_number - self.next,
                     "messages were removed by the stream's storage policy before they were exported"
                 );
             }
-            let last = messages.last().map_or(self.cursor, |m| m.sequence_number);
-            let Some(sent) = self.send_all(messages).await else {
-                return; // stopping: the batch is sent again after the restart
+            self.next = last.sequence_number + 1;
+            // Keep only the memory the batch really takes.
+            let mut memory = memory;
+            let used: usize = messages.iter().map(|m| m.payload.len()).sum();
+            let keep = memory_kib(used);
+            let excess = memory.num_permits().saturating_sub(keep as usize);
+            if excess > 0 {
+                drop(memory.split(excess));
+            }
+            let batch = Batch {
+                messages,
+                _memory: memory,
             };
-            if !self.commit(last, sent).await {
+            if self.tx.send(batch).await.is_err() {
                 return;
             }
         }
@@ -626,14 +660,15 @@ impl<D: Destination> ExportWorker<D> {
         first_pending: &mut Option<(i64, i64)>,
         backoff: &mut Backoff,
     ) -> Wake {
-        let mut stopping = self.shared.stopping.clone();
+        let shared = self.shared.clone();
+        let mut stopping = shared.stopping.clone();
         loop {
-            if self.stopping() {
+            if shared.stopping() {
                 return Wake::Stop;
             }
             let newest = *self.newest.borrow_and_update();
-            let waiting = newest - self.cursor;
-            if waiting >= self.batch_size() as i64 {
+            let waiting = newest - (self.next - 1);
+            if waiting >= shared.batch_size(&self.export) as i64 {
                 return Wake::Ready;
             }
             if waiting >= 1 {
@@ -641,10 +676,10 @@ impl<D: Destination> ExportWorker<D> {
                     return Wake::Ready;
                 };
                 // When did the oldest waiting message arrive?
-                let seq = self.cursor + 1;
+                let seq = self.next;
                 let ingest_ms = match *first_pending {
                     Some((s, ms)) if s == seq => ms,
-                    _ => match self.shared.store.read(&self.export.stream, seq, 1, 1).await {
+                    _ => match shared.store.read(&self.export.stream, seq, 1, 1).await {
                         Ok(m) if !m.is_empty() => {
                             *first_pending = Some((seq, m[0].ingest_time_ms));
                             m[0].ingest_time_ms
@@ -652,7 +687,7 @@ impl<D: Destination> ExportWorker<D> {
                         Ok(_) => return Wake::Ready,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot read the stream");
-                            if let Wake::Stop = self.pause(backoff.next_delay()).await {
+                            if let Wake::Stop = shared.pause(backoff.next_delay()).await {
                                 return Wake::Stop;
                             }
                             continue;
@@ -673,6 +708,115 @@ impl<D: Destination> ExportWorker<D> {
             tokio::select! {
                 r = self.newest.changed() => if r.is_err() { return Wake::Stop },
                 _ = stopping.wait_for(|s| *s) => return Wake::Stop,
+            }
+        }
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a worker's pass over its batches ended.
+enum End {
+    /// The process is stopping, or the stream or export is gone.
+    Stop,
+    /// The stored cursor is not what we thought (reset by an update):
+    /// start again from the store's.
+    Reload,
+}
+
+/// A cursor commit submitted and not yet answered.
+struct InFlightCommit {
+    reply: bus::PendingReply,
+    progress: ExportProgress,
+}
+
+struct ExportWorker<D: Destination> {
+    shared: Arc<Shared<D>>,
+    export: Export<D::Target>,
+    /// Last sequence number delivered (or skipped) and committed, or whose
+    /// commit is in flight.
+    cursor: i64,
+    newest: watch::Receiver<i64>,
+    /// The error the store shows for this export now (to avoid rewriting it).
+    recorded_error: Option<String>,
+}
+
+/// What one batch came to.
+struct Sent {
+    bytes: i64,
+    delivered: i64,
+    skipped: Vec<(i64, String)>,
+}
+
+impl<D: Destination> ExportWorker<D> {
+    fn stopping(&self) -> bool {
+        self.shared.stopping()
+    }
+
+    async fn pause(&self, d: Duration) -> Wake {
+        self.shared.pause(d).await
+    }
+
+    /// Sends the batches its reader hands over, in order, one at a time;
+    /// each batch's cursor commit is on its way while the next is sent.
+    async fn run(mut self) {
+        loop {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD_BATCHES);
+            let reader = Reader {
+                shared: self.shared.clone(),
+                export: self.export.clone(),
+                next: self.cursor + 1,
+                newest: self.newest.clone(),
+                tx,
+            };
+            let reader = AbortOnDrop(tokio::spawn(reader.run()));
+            let mut in_flight: Option<InFlightCommit> = None;
+            let mut end = loop {
+                let mut stopping = self.shared.stopping.clone();
+                let batch = tokio::select! {
+                    b = rx.recv() => b,
+                    _ = stopping.wait_for(|s| *s) => None,
+                };
+                let Some(batch) = batch else { break End::Stop };
+                let last = batch
+                    .messages
+                    .last()
+                    .map_or(self.cursor, |m| m.sequence_number);
+                let Some(sent) = self.send_all(batch.messages).await else {
+                    break End::Stop; // stopping: the batch is sent again after a restart
+                };
+                if let Some(c) = in_flight.take() {
+                    if let Some(end) = self.settle(c).await {
+                        break end;
+                    }
+                }
+                match self.submit_commit(last, sent).await {
+                    Ok(c) => in_flight = c,
+                    Err(end) => break end,
+                }
+            };
+            if let Some(c) = in_flight.take() {
+                if let Some(e) = self.settle(c).await {
+                    if matches!(end, End::Stop) && matches!(e, End::Reload) && !self.stopping() {
+                        end = End::Reload;
+                    }
+                }
+            }
+            drop(reader);
+            match end {
+                End::Stop => return,
+                End::Reload => {
+                    if !self.reload_cursor().await {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -809,9 +953,13 @@ impl<D: Destination> ExportWorker<D> {
         }
     }
 
-    /// Moves the cursor to `last`. `false` when the export must stop (the
-    /// stream or export is gone, or the process is stopping).
-    async fn commit(&mut self, last: i64, sent: Sent) -> bool {
+    /// Submits the commit that moves the cursor to `last` (answer awaited
+    /// by `settle`, after the next batch is sent).
+    async fn submit_commit(
+        &mut self,
+        last: i64,
+        sent: Sent,
+    ) -> Result<Option<InFlightCommit>, End> {
         let error_message = (!sent.skipped.is_empty()).then(|| skipped_message(&sent.skipped));
         if let Some(m) = &error_message {
             tracing::warn!(stream = %self.export.stream, export = %self.export.identifier, "{m}");
@@ -819,14 +967,63 @@ impl<D: Destination> ExportWorker<D> {
         let progress = ExportProgress {
             last_exported_sequence_number: last,
             last_export_time_ms: bus::unix_ms() as i64,
-            error_message: error_message.clone(),
+            error_message,
             exported_bytes_delta: sent.bytes,
             exported_messages_delta: sent.delivered,
             skipped_messages_delta: sent.skipped.len() as i64,
             expected_last_exported_sequence_number: Some(self.cursor),
         };
+        let submitted = self
+            .shared
+            .store
+            .submit_commit(
+                &self.export.stream,
+                &self.export.identifier,
+                progress.clone(),
+            )
+            .await;
+        self.cursor = last;
+        match submitted {
+            Ok(reply) => Ok(Some(InFlightCommit { reply, progress })),
+            Err(e) => self.after_commit_error(e, progress).await.map(|()| None),
+        }
+    }
+
+    /// Waits for a submitted commit. `None` when it landed.
+    async fn settle(&mut self, c: InFlightCommit) -> Option<End> {
+        match store::settle(c.reply.wait().await) {
+            Ok(()) => {
+                self.recorded_error = c.progress.error_message;
+                None
+            }
+            Err(e) => self.after_commit_error(e, c.progress).await.err(),
+        }
+    }
+
+    async fn after_commit_error(
+        &mut self,
+        e: StoreError,
+        progress: ExportProgress,
+    ) -> Result<(), End> {
+        match e.kind() {
+            // Reset by an update, or our earlier commit landed and its answer
+            // was lost: carry on from what the store holds.
+            Some(ErrorKind::Conflict) => Err(End::Reload),
+            Some(ErrorKind::ResourceNotFound) => Err(End::Stop),
+            _ => {
+                tracing::warn!(error = %e, "cannot commit the export cursor; retrying");
+                self.commit_until_done(progress).await
+            }
+        }
+    }
+
+    /// Commits `progress`, retrying while the store is unavailable.
+    async fn commit_until_done(&mut self, progress: ExportProgress) -> Result<(), End> {
         let mut backoff = Backoff::default();
         loop {
+            if let Wake::Stop = self.pause(backoff.next_delay()).await {
+                return Err(End::Stop);
+            }
             let r = self
                 .shared
                 .store
@@ -838,22 +1035,12 @@ impl<D: Destination> ExportWorker<D> {
                 .await;
             match r {
                 Ok(()) => {
-                    self.cursor = last;
-                    self.recorded_error = error_message;
-                    return true;
+                    self.recorded_error = progress.error_message;
+                    return Ok(());
                 }
-                Err(e) if e.kind() == Some(ErrorKind::Conflict) => {
-                    // Reset by an update, or our earlier commit landed and its
-                    // answer was lost: carry on from what the store holds.
-                    return self.reload_cursor().await;
-                }
-                Err(e) if e.kind() == Some(ErrorKind::ResourceNotFound) => return false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot commit the export cursor; retrying");
-                    if let Wake::Stop = self.pause(backoff.next_delay()).await {
-                        return false;
-                    }
-                }
+                Err(e) if e.kind() == Some(ErrorKind::Conflict) => return Err(End::Reload),
+                Err(e) if e.kind() == Some(ErrorKind::ResourceNotFound) => return Err(End::Stop),
+                Err(e) => tracing::warn!(error = %e, "cannot commit the export cursor; retrying"),
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bus::{BusClient, BusError};
+use bus::{BusClient, BusError, PendingReply};
 use bus_schema::{
     ErrorKind, ErrorReply, EventBatch, ExportProgress, Message, Request, Response, StreamInfo,
 };
@@ -48,6 +48,14 @@ impl From<BusError> for StoreError {
             BusError::Remote(reply) => StoreError::Refused(reply),
             other => StoreError::Unavailable(other.to_string()),
         }
+    }
+}
+
+/// The outcome of a submitted commit.
+pub fn settle(reply: Result<Response, BusError>) -> Result<(), StoreError> {
+    match reply? {
+        Response::Committed => Ok(()),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -148,6 +156,23 @@ impl Store {
             Response::Committed => Ok(()),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Queues a commit and returns at once; its answer comes through
+    /// [`settle`]. Commits submitted one after another reach the store in
+    /// that order.
+    pub async fn submit_commit(
+        &self,
+        stream: &str,
+        identifier: &str,
+        progress: ExportProgress,
+    ) -> Result<PendingReply, StoreError> {
+        let req = Request::CommitExport {
+            stream: stream.to_string(),
+            export_identifier: identifier.to_string(),
+            progress,
+        };
+        Ok(self.client.submit(req, STORE_CALL_TIMEOUT).await?)
     }
 
     /// Waits until the shared upload budget allows `bytes` more.

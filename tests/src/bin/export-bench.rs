@@ -25,6 +25,27 @@ const LOADGEN_CONCURRENCY: usize = 5;
 const LOADGEN_SECONDS: u64 = 10;
 const FILL_THREADS: usize = 8;
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // After the name: state is field 3; utime and stime are fields 14, 15.
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(14) + ticks(15)) / hz
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -35,8 +56,17 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Records/s the endpoint takes from the SDK driven directly.
-fn raw_capacity(endpoint: &str) -> f64 {
+/// Records/s the endpoint takes from the SDK driven directly, with
+/// `concurrency` calls in flight; and the CPU µs per record of this process
+/// (load generator and endpoint together).
+fn raw_capacity(endpoint: &str, concurrency: usize) -> (f64, f64) {
+    let cpu0 = cpu_secs(std::process::id());
+    let mut sent = 0f64;
+    let rate = raw_capacity_inner(endpoint, concurrency, &mut sent);
+    (rate, (cpu_secs(std::process::id()) - cpu0) * 1e6 / sent)
+}
+
+fn raw_capacity_inner(endpoint: &str, concurrency: usize, sent: &mut f64) -> f64 {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -54,7 +84,7 @@ fn raw_capacity(endpoint: &str) -> f64 {
         let payload = vec![b'x'; RECORD_BYTES];
         let deadline = Instant::now() + Duration::from_secs(LOADGEN_SECONDS);
         let start = Instant::now();
-        let workers = (0..LOADGEN_CONCURRENCY).map(|_| {
+        let workers = (0..concurrency).map(|_| {
             let (client, payload) = (client.clone(), payload.clone());
             async move {
                 let mut sent = 0u64;
@@ -63,7 +93,11 @@ fn raw_capacity(endpoint: &str) -> f64 {
                         .map(|_| {
                             aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
                                 .data(aws_sdk_kinesis::primitives::Blob::new(payload.clone()))
-                                .partition_key(uuid::Uuid::new_v4().to_string())
+                                .partition_key(
+                                    uuid::Builder::from_random_bytes(rand::random())
+                                        .into_uuid()
+                                        .to_string(),
+                                )
                                 .build()
                                 .unwrap()
                         })
@@ -81,6 +115,7 @@ fn raw_capacity(endpoint: &str) -> f64 {
             }
         });
         let total: u64 = futures_sum(workers).await;
+        *sent = total as f64;
         total as f64 / start.elapsed().as_secs_f64()
     })
 }
@@ -120,6 +155,84 @@ fn fill(store: &StoreHarness, stream: &str, records: u64) -> f64 {
     records as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Drains `streams` streams of `per_stream` records each (filled behind
+/// disabled exports) with one `export-kinesis`; returns (records/s, seconds,
+/// idle RSS KiB, peak RSS KiB, records the endpoint received, and CPU µs per
+/// record of the exporter, the store and this process (the endpoint)).
+struct Drained {
+    rate: f64,
+    secs: f64,
+    idle_kib: u64,
+    peak_kib: u64,
+    received: u64,
+    cpu_us: [f64; 3],
+}
+
+fn drain(fake: &FastKinesis, streams: usize, per_stream: u64) -> Drained {
+    let store = StoreHarness::start(&[]);
+    let mut defs = Vec::new();
+    for i in 0..streams {
+        let name = format!("bench-{i}");
+        let mut def = StreamDefinition::new(name.as_str(), StrategyOnFull::RejectNewData);
+        def.max_size_bytes = Some(4 << 30);
+        def.exports.kinesis = vec![KinesisConfig {
+            common: ExportCommon {
+                identifier: "k".into(),
+                disabled: Some(true),
+                ..Default::default()
+            },
+            kinesis_stream_name: name.clone(),
+        }];
+        store.create(def.clone());
+        let rate = fill(&store, &name, per_stream);
+        println!("filled {name}: {per_stream} records of {RECORD_BYTES} bytes at {rate:.0}/s");
+        defs.push(def);
+    }
+    let before = fake.counters.records.load(Ordering::Relaxed);
+    let mut exporter: Child = store.exporter("export-kinesis", &aws_env(&fake.url()));
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = rss_kib(exporter.id());
+    let pids = [exporter.id(), store.store.id(), std::process::id()];
+    let cpu0 = pids.map(cpu_secs);
+    let start = Instant::now();
+    for mut def in defs {
+        def.exports.kinesis[0].common.disabled = Some(false);
+        store.update(def);
+    }
+    let mut peak = idle_rss;
+    loop {
+        peak = peak.max(rss_kib(exporter.id()));
+        let done = (0..streams).all(|i| {
+            store
+                .export_status(&format!("bench-{i}"), "k")
+                .last_exported_sequence_number
+                >= per_stream as i64 - 1
+        });
+        if done {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1800),
+            "drain did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let total = streams as u64 * per_stream;
+    let cpu1 = pids.map(cpu_secs);
+    let cpu_us = [0, 1, 2].map(|i| (cpu1[i] - cpu0[i]) * 1e6 / total as f64);
+    let received = fake.counters.records.load(Ordering::Relaxed) - before;
+    kill9(&mut exporter);
+    Drained {
+        rate: total as f64 / secs,
+        secs,
+        idle_kib: idle_rss,
+        peak_kib: peak,
+        received,
+        cpu_us,
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let records: u64 = args
@@ -131,69 +244,50 @@ fn main() {
 
     let fake = FastKinesis::start();
     println!("fast Kinesis endpoint on {}", fake.url());
-    let capacity = raw_capacity(&fake.url());
+    let (cap1, gen1) = raw_capacity(&fake.url(), 1);
+    let (cap5, gen5) = raw_capacity(&fake.url(), LOADGEN_CONCURRENCY);
     println!(
-        "raw capacity (SDK load generator, {LOADGEN_CONCURRENCY} concurrent calls of 500 x 1 KiB): {capacity:.0} records/s; the endpoint counted {} records in {} calls",
-        fake.counters.records.load(Ordering::Relaxed),
-        fake.counters.calls.load(Ordering::Relaxed)
+        "raw capacity (SDK load generator, 500 x 1 KiB per call): {cap1:.0} records/s with 1 call in flight, {cap5:.0} with {LOADGEN_CONCURRENCY}"
     );
-
-    let store = StoreHarness::start(&[]);
-    let mut def = StreamDefinition::new("bench", StrategyOnFull::RejectNewData);
-    def.max_size_bytes = Some(4 << 30);
-    let mut export = KinesisConfig {
-        common: ExportCommon {
-            identifier: "k".into(),
-            disabled: Some(true),
-            ..Default::default()
-        },
-        kinesis_stream_name: "bench".into(),
-    };
-    def.exports.kinesis = vec![export.clone()];
-    store.create(def.clone());
-    let fill_rate = fill(&store, "bench", records);
-    println!("filled {records} records of {RECORD_BYTES} bytes at {fill_rate:.0}/s");
-
-    let before = fake.counters.records.load(Ordering::Relaxed);
-    let mut exporter: Child = store.exporter("export-kinesis", &aws_env(&fake.url()));
-    std::thread::sleep(Duration::from_millis(500));
-    let idle_rss = rss_kib(exporter.id());
-    export.common.disabled = Some(false);
-    def.exports.kinesis = vec![export];
-    let start = Instant::now();
-    store.update(def);
-    let mut peak = idle_rss;
-    loop {
-        peak = peak.max(rss_kib(exporter.id()));
-        let s = store.export_status("bench", "k");
-        if s.last_exported_sequence_number >= records as i64 - 1 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(1800),
-            "drain did not finish: {s:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let drain = records as f64 / secs;
-    let received = fake.counters.records.load(Ordering::Relaxed) - before;
-    kill9(&mut exporter);
+    let one = drain(&fake, 1, records);
+    println!("one stream: {:.0} records/s", one.rate);
+    let streams = LOADGEN_CONCURRENCY;
+    let many = drain(&fake, streams, records / streams as u64);
+    println!("{streams} streams: {:.0} records/s", many.rate);
     println!();
     println!("| figure | value | goal |");
     println!("|---|---|---|");
-    println!("| endpoint raw capacity (direct SDK load generator) | {capacity:.0} records/s | |");
+    println!("| endpoint raw capacity, 1 call in flight (as one export sends: in order, one batch at a time) | {cap1:.0} records/s | |");
+    println!("| endpoint raw capacity, {LOADGEN_CONCURRENCY} calls in flight (the default pool) | {cap5:.0} records/s | |");
     println!(
-        "| export-kinesis drain of {records} x 1 KiB | {drain:.0} records/s ({secs:.1} s) | >= 20,000/s |"
+        "| drain of {records} x 1 KiB, one stream | {:.0} records/s ({:.1} s) = {:.2} x the 1-in-flight capacity | >= 20,000/s, >= 0.8 x |",
+        one.rate, one.secs, one.rate / cap1
     );
     println!(
-        "| drain / raw capacity | {:.2} x | >= 0.8 x |",
-        drain / capacity
+        "| drain of {records} x 1 KiB over {streams} streams | {:.0} records/s ({:.1} s) = {:.2} x the {LOADGEN_CONCURRENCY}-in-flight capacity | >= 0.8 x |",
+        many.rate, many.secs, many.rate / cap5
     );
     println!(
-        "| export-kinesis resident memory, idle / peak while draining | {:.1} / {:.1} MiB | <= 32 MiB |",
-        idle_rss as f64 / 1024.0,
-        peak as f64 / 1024.0
+        "| export-kinesis resident memory, idle / peak while draining | {:.1} / {:.1} MiB (one stream), {:.1} / {:.1} MiB ({streams} streams) | <= 32 MiB |",
+        one.idle_kib as f64 / 1024.0,
+        one.peak_kib as f64 / 1024.0,
+        many.idle_kib as f64 / 1024.0,
+        many.peak_kib as f64 / 1024.0
     );
-    println!("| records the endpoint received | {received} | {records} (more = re-sends) |");
+    println!(
+        "| CPU per record: load generator + endpoint | {gen1:.2} µs (1 in flight), {gen5:.2} µs ({LOADGEN_CONCURRENCY}) | |"
+    );
+    for (name, d) in [("one stream", &one), ("{streams} streams", &many)] {
+        println!(
+            "| CPU per record while draining ({}): export-kinesis / store / endpoint | {:.2} / {:.2} / {:.2} µs | |",
+            name.replace("{streams}", &streams.to_string()),
+            d.cpu_us[0],
+            d.cpu_us[1],
+            d.cpu_us[2]
+        );
+    }
+    println!(
+        "| records the endpoint received | {} and {} | {records} each (more = re-sends) |",
+        one.received, many.received
+    );
 }
