@@ -32,8 +32,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time one `PutRecords` call may take, start to end.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The client is made when the first batch goes out: an exporter with no
+/// Kinesis export to serve stays small (no TLS stack, no AWS configuration).
 struct Kinesis {
-    client: aws_sdk_kinesis::Client,
+    client: tokio::sync::OnceCell<aws_sdk_kinesis::Client>,
 }
 
 impl Destination for Kinesis {
@@ -74,8 +76,8 @@ impl Destination for Kinesis {
                     .expect("data and partition key are set")
             })
             .collect();
-        let call = self
-            .client
+        let client = self.client.get_or_init(client).await;
+        let call = client
             .put_records()
             .stream_name(&export.target)
             .set_records(Some(entries))
@@ -118,7 +120,7 @@ impl Destination for Kinesis {
     }
 }
 
-async fn make() -> Result<Kinesis, String> {
+async fn client() -> aws_sdk_kinesis::Client {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .retry_config(aws_config::retry::RetryConfig::disabled())
         .timeout_config(
@@ -134,11 +136,13 @@ async fn make() -> Result<Kinesis, String> {
             "no AWS region is configured (AWS_REGION): every export will fail until one is"
         );
     }
-    Ok(Kinesis {
-        client: aws_sdk_kinesis::Client::new(&config),
-    })
+    aws_sdk_kinesis::Client::new(&config)
 }
 
 fn main() -> std::process::ExitCode {
-    export_runtime::run_process("export-kinesis", make)
+    export_runtime::run_process("export-kinesis", || async {
+        Ok(Kinesis {
+            client: tokio::sync::OnceCell::new(),
+        })
+    })
 }
