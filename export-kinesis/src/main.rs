@@ -11,12 +11,10 @@
 //! - The SDK's own retries are off: the runtime retries, with its own backoff,
 //!   exactly the records that failed, and records every error.
 
-use std::time::Duration;
-
-use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use bus_schema::{ExportCommon, Message, StreamDefinition};
+use export_runtime::aws::describe_call_error;
 use export_runtime::{BatchResult, Destination, Export, Limits, Outcome};
 
 /// `PutRecords` takes at most this many records.
@@ -27,10 +25,6 @@ pub const BYTES_PER_CALL_MAX: usize = 5 * 1024 * 1024;
 pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
 /// A UUID in text form: the partition key of every record.
 pub const PARTITION_KEY_BYTES: usize = 36;
-/// Time to open a connection to the endpoint.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time one `PutRecords` call may take, start to end.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The client is made when the first batch goes out: an exporter with no
 /// Kinesis export to serve stays small (no TLS stack, no AWS configuration).
@@ -98,45 +92,19 @@ impl Destination for Kinesis {
                     })
                     .collect(),
             ),
-            Err(e) => {
-                // Whole-call failures (throttling, 5xx, timeouts, connection
-                // loss, a missing stream, bad credentials or stream name) never
-                // drop data: the records wait until the cause is gone.
-                let reason = match e.code() {
-                    Some(code) => format!(
-                        "PutRecords to {:?} failed: {code}: {}",
-                        export.target,
-                        e.message().unwrap_or("no message")
-                    ),
-                    None => format!(
-                        "PutRecords to {:?} failed: {}",
-                        export.target,
-                        DisplayErrorContext(&e)
-                    ),
-                };
-                BatchResult::RetryAll(reason)
-            }
+            // Whole-call failures (throttling, 5xx, timeouts, connection
+            // loss, a missing stream, bad credentials or stream name) never
+            // drop data: the records wait until the cause is gone.
+            Err(e) => BatchResult::RetryAll(describe_call_error(
+                &format!("PutRecords to {:?}", export.target),
+                &e,
+            )),
         }
     }
 }
 
 async fn client() -> aws_sdk_kinesis::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .retry_config(aws_config::retry::RetryConfig::disabled())
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .operation_timeout(CALL_TIMEOUT)
-                .build(),
-        )
-        .load()
-        .await;
-    if config.region().is_none() {
-        tracing::warn!(
-            "no AWS region is configured (AWS_REGION): every export will fail until one is"
-        );
-    }
-    aws_sdk_kinesis::Client::new(&config)
+    aws_sdk_kinesis::Client::new(&export_runtime::aws::sdk_config().await)
 }
 
 fn main() -> std::process::ExitCode {

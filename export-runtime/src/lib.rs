@@ -22,6 +22,8 @@
 //! Export is at-least-once: a batch sent but not yet committed when the
 //! process dies is sent again.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 mod gate;
 pub mod store;
 
@@ -79,6 +81,77 @@ pub enum BatchResult {
     /// Nothing was accepted (throttled, unavailable, timed out, connection
     /// lost, misconfigured): send the whole batch again after a backoff.
     RetryAll(String),
+}
+
+/// What one call to a destination came to (for [`send_parsed`]).
+pub enum Call {
+    /// The service answered: one outcome per item sent.
+    Answered(Vec<Outcome>),
+    /// The whole call was refused as invalid (one bad item spoils it).
+    Invalid(String),
+    /// The whole call failed in a way that may pass later.
+    Failed(String),
+}
+
+/// Sends the records of a batch that could be turned into the service's
+/// items (`parsed`; the others are skipped with their reason) in one call.
+/// When the service refuses the whole call as invalid, each item is sent
+/// alone, so one bad item cannot block the others.
+pub async fn send_parsed<T, F, Fut>(parsed: Vec<Result<T, String>>, call: F) -> BatchResult
+where
+    T: Clone,
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = Call>,
+{
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; parsed.len()];
+    let mut index = Vec::new();
+    let mut items = Vec::new();
+    for (i, p) in parsed.into_iter().enumerate() {
+        match p {
+            Ok(item) => {
+                index.push(i);
+                items.push(item);
+            }
+            Err(why) => outcomes[i] = Some(Outcome::Reject(why)),
+        }
+    }
+    if !items.is_empty() {
+        let sent = match call(items.clone()).await {
+            Call::Answered(o) if o.len() == items.len() => o,
+            Call::Answered(o) => {
+                return BatchResult::RetryAll(format!(
+                    "the service answered {} results for {} items",
+                    o.len(),
+                    items.len()
+                ))
+            }
+            Call::Failed(why) => return BatchResult::RetryAll(why),
+            Call::Invalid(why) if items.len() == 1 => vec![Outcome::Reject(why)],
+            Call::Invalid(_) => {
+                let mut alone = Vec::with_capacity(items.len());
+                for item in items {
+                    alone.push(match call(vec![item]).await {
+                        Call::Answered(mut o) if o.len() == 1 => o.pop().expect("one outcome"),
+                        Call::Answered(_) => {
+                            Outcome::Retry("the service answered no result".into())
+                        }
+                        Call::Invalid(why) => Outcome::Reject(why),
+                        Call::Failed(why) => Outcome::Retry(why),
+                    });
+                }
+                alone
+            }
+        };
+        for (i, o) in index.into_iter().zip(sent) {
+            outcomes[i] = Some(o);
+        }
+    }
+    BatchResult::PerRecord(
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every record has an outcome"))
+            .collect(),
+    )
 }
 
 /// A destination's per-call limits.
