@@ -3,6 +3,7 @@
 //! Used by the tests in `tests/tests/` (official SDK clients, raw frames).
 
 pub mod aws;
+pub mod fake_iot;
 pub mod fast_kinesis;
 pub mod fault_proxy;
 pub mod http;
