@@ -1,26 +1,34 @@
-//! `export-bench`: how fast `export-kinesis` drains a backlog, against the
+//! `export-bench`: how fast each exporter drains a backlog, against the
 //! capacity of the endpoint it drains into, measured in the same run. Use a
 //! release build:
-//! `cargo build --release --workspace --bins && ./target/release/export-bench [--records N]`.
+//! `cargo build --release --workspace --bins && ./target/release/export-bench [kinesis|sitewise|analytics|all] [--records N]`.
 //!
-//! 1. Starts the fast local Kinesis endpoint (`fast_kinesis`, in this
-//!    process) and measures its raw capacity with a direct load generator:
-//!    the AWS SDK client, one thread, as many concurrent `PutRecords` calls
-//!    as the exporter's default pool (5), 500 records of 1 KiB each.
-//! 2. Starts a store, fills a stream with N (default 1,000,000) 1 KiB records
-//!    behind a disabled Kinesis export, starts `export-kinesis`, enables the
-//!    export and times the drain, sampling the exporter's resident memory.
+//! For each destination:
+//! 1. Starts its local endpoint in this process (Kinesis: `fast_kinesis`,
+//!    which checks the limits and counts; SiteWise and IoT Analytics: the
+//!    project's fake, `fake_iot`, which validates and stores) and measures its
+//!    raw capacity with a direct load generator: the AWS SDK client on one
+//!    thread, full batches, 1 and then 5 calls in flight, 10 s each.
+//! 2. Starts a store, fills streams behind disabled exports, starts the
+//!    exporter, enables the exports and times the drain, sampling the
+//!    exporter's resident memory and every process's CPU time: once with one
+//!    stream (one export sends one batch at a time, in order: compared with
+//!    1 call in flight), once with the records spread over 5 streams (the
+//!    default pool of 5 uploads: compared with 5 calls in flight).
 
 use std::process::Child;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bus_schema::{ExportCommon, KinesisConfig, StrategyOnFull, StreamDefinition};
+use bus_schema::{
+    ExportCommon, IotAnalyticsConfig, IotSiteWiseConfig, KinesisConfig, StrategyOnFull,
+    StreamDefinition,
+};
 use stream_manager_tests::aws::aws_env;
+use stream_manager_tests::fake_iot::{analytics_client, sitewise_client, FakeIot};
 use stream_manager_tests::fast_kinesis::FastKinesis;
 use stream_manager_tests::{kill9, StoreHarness};
 
-const RECORD_BYTES: usize = 1024;
 const LOADGEN_CONCURRENCY: usize = 5;
 const LOADGEN_SECONDS: u64 = 10;
 const FILL_THREADS: usize = 8;
@@ -56,98 +64,433 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Records/s the endpoint takes from the SDK driven directly, with
-/// `concurrency` calls in flight; and the CPU µs per record of this process
-/// (load generator and endpoint together).
-fn raw_capacity(endpoint: &str, concurrency: usize) -> (f64, f64) {
-    let cpu0 = cpu_secs(std::process::id());
-    let mut sent = 0f64;
-    let rate = raw_capacity_inner(endpoint, concurrency, &mut sent);
-    (rate, (cpu_secs(std::process::id()) - cpu0) * 1e6 / sent)
+fn unix_secs() -> i64 {
+    (bus::unix_ms() / 1000) as i64
 }
 
-fn raw_capacity_inner(endpoint: &str, concurrency: usize, sent: &mut f64) -> f64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+/// One destination under test.
+trait Bench {
+    /// The exporter process.
+    fn exporter(&self) -> &'static str;
+    fn endpoint(&self) -> String;
+    /// What one record is, for the table.
+    fn record(&self) -> &'static str;
+    /// Records per full call.
+    fn per_call(&self) -> usize;
+    /// Stream `name` (number `index`) with its export disabled.
+    fn definition(&self, name: &str, index: usize) -> StreamDefinition;
+    fn set_disabled(&self, def: &mut StreamDefinition, disabled: bool);
+    /// Payload `i` of stream `index`.
+    fn payload(&self, index: usize, i: u64) -> Vec<u8>;
+    /// One full call from load generator worker `worker` (call number
+    /// `call`); returns the records the endpoint took.
+    fn load_call(
+        &self,
+        worker: usize,
+        call: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + '_>>;
+    /// Records the endpoint holds (or counted) for the drain's streams.
+    fn received(&self, streams: usize) -> u64;
+    /// Called before each load run and drain (SiteWise moves its timestamps
+    /// on, so no run repeats another's property and time).
+    fn next_run(&self) {}
+}
+
+struct Kinesis {
+    fake: FastKinesis,
+    client: aws_sdk_kinesis::Client,
+}
+
+impl Kinesis {
+    fn new() -> Self {
+        let fake = FastKinesis::start();
         let creds =
             aws_sdk_kinesis::config::Credentials::new("bench", "bench", None, None, "bench");
         let config = aws_sdk_kinesis::Config::builder()
             .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
             .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
             .credentials_provider(creds)
-            .endpoint_url(endpoint)
+            .endpoint_url(fake.url())
             .build();
-        let client = aws_sdk_kinesis::Client::from_conf(config);
-        let payload = vec![b'x'; RECORD_BYTES];
-        let deadline = Instant::now() + Duration::from_secs(LOADGEN_SECONDS);
-        let start = Instant::now();
-        let workers = (0..concurrency).map(|_| {
-            let (client, payload) = (client.clone(), payload.clone());
-            async move {
-                let mut sent = 0u64;
-                while Instant::now() < deadline {
-                    let records = (0..500)
-                        .map(|_| {
-                            aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
-                                .data(aws_sdk_kinesis::primitives::Blob::new(payload.clone()))
-                                .partition_key(
-                                    uuid::Builder::from_random_bytes(rand::random())
-                                        .into_uuid()
-                                        .to_string(),
-                                )
-                                .build()
-                                .unwrap()
-                        })
-                        .collect();
-                    client
-                        .put_records()
-                        .stream_name("bench")
-                        .set_records(Some(records))
-                        .send()
-                        .await
-                        .expect("PutRecords to the fast endpoint");
-                    sent += 500;
-                }
-                sent
-            }
-        });
-        let total: u64 = futures_sum(workers).await;
-        *sent = total as f64;
-        total as f64 / start.elapsed().as_secs_f64()
-    })
+        Self {
+            client: aws_sdk_kinesis::Client::from_conf(config),
+            fake,
+        }
+    }
 }
 
-/// Runs the futures concurrently on this thread and sums their results.
-async fn futures_sum(
-    fs: impl Iterator<Item = impl std::future::Future<Output = u64> + 'static>,
-) -> u64 {
-    let local = tokio::task::LocalSet::new();
-    local
-        .run_until(async {
-            let handles: Vec<_> = fs.map(tokio::task::spawn_local).collect();
-            let mut total = 0;
-            for h in handles {
-                total += h.await.expect("load generator task");
-            }
-            total
+impl Bench for Kinesis {
+    fn exporter(&self) -> &'static str {
+        "export-kinesis"
+    }
+    fn endpoint(&self) -> String {
+        self.fake.url()
+    }
+    fn record(&self) -> &'static str {
+        "1 KiB record"
+    }
+    fn per_call(&self) -> usize {
+        500
+    }
+    fn definition(&self, name: &str, _index: usize) -> StreamDefinition {
+        let mut def = StreamDefinition::new(name, StrategyOnFull::RejectNewData);
+        def.max_size_bytes = Some(4 << 30);
+        def.exports.kinesis = vec![KinesisConfig {
+            common: ExportCommon {
+                identifier: "x".into(),
+                disabled: Some(true),
+                ..Default::default()
+            },
+            kinesis_stream_name: name.into(),
+        }];
+        def
+    }
+    fn set_disabled(&self, def: &mut StreamDefinition, disabled: bool) {
+        def.exports.kinesis[0].common.disabled = Some(disabled);
+    }
+    fn payload(&self, _index: usize, i: u64) -> Vec<u8> {
+        let mut p = format!("{i:012}").into_bytes();
+        p.resize(1024, b'.');
+        p
+    }
+    fn load_call(
+        &self,
+        _worker: usize,
+        call: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + '_>> {
+        Box::pin(async move {
+            let records = (0..500)
+                .map(|i| {
+                    aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                        .data(aws_sdk_kinesis::primitives::Blob::new(
+                            self.payload(0, call * 500 + i),
+                        ))
+                        .partition_key(
+                            uuid::Builder::from_random_bytes(rand::random())
+                                .into_uuid()
+                                .to_string(),
+                        )
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            self.client
+                .put_records()
+                .stream_name("load")
+                .set_records(Some(records))
+                .send()
+                .await
+                .expect("PutRecords to the fast endpoint");
+            500
         })
-        .await
+    }
+    fn received(&self, _streams: usize) -> u64 {
+        self.fake.counters.records.load(Ordering::Relaxed)
+    }
 }
 
-fn fill(store: &StoreHarness, stream: &str, records: u64) -> f64 {
+/// SiteWise: one DOUBLE property per drained stream (alias
+/// `/bench/s<index>`) and per load worker (`/load/w<worker>`); one value per
+/// entry, timestamps 1 ms apart (the service keeps one value per property and
+/// time, within the last 7 days), each run in its own span of time.
+struct SiteWise {
+    fake: FakeIot,
+    client: aws_sdk_iotsitewise::Client,
+    base: i64,
+    run: std::sync::atomic::AtomicI64,
+    ids: Vec<(String, String)>,
+}
+
+/// Seconds of timestamps each SiteWise run has (1,000 values a second).
+const SITEWISE_RUN_SPAN_SECS: i64 = 100_000;
+
+impl SiteWise {
+    /// Timestamp of value `n` of the current run.
+    fn time(&self, n: u64) -> (i64, i32) {
+        let run = self.run.load(Ordering::SeqCst);
+        (
+            self.base + run * SITEWISE_RUN_SPAN_SECS + (n / 1000) as i64,
+            ((n % 1000) * 1_000_000) as i32,
+        )
+    }
+}
+
+impl SiteWise {
+    fn new() -> Self {
+        let fake = FakeIot::start();
+        let mut ids = Vec::new();
+        for i in 0..LOADGEN_CONCURRENCY {
+            for (prefix, n) in [("/bench/s", i), ("/load/w", i)] {
+                let (asset, props) = fake.create_asset(&format!("{prefix}{n}"), &[("v", "DOUBLE")]);
+                fake.set_alias(&asset, &props[0], &format!("{prefix}{n}"));
+                if prefix == "/bench/s" {
+                    ids.push((asset, props[0].clone()));
+                }
+            }
+        }
+        Self {
+            client: sitewise_client(&fake.url()),
+            fake,
+            // Four runs of 100,000 s fit in the last 7 days.
+            base: unix_secs() - 6 * 24 * 3600,
+            run: std::sync::atomic::AtomicI64::new(0),
+            ids,
+        }
+    }
+}
+
+fn sitewise_entry(alias: &str, value: f64, (secs, nanos): (i64, i32)) -> Vec<u8> {
+    format!(
+        r#"{{"entryId": "e", "propertyAlias": "{alias}", "propertyValues": [{{"value": {{"doubleValue": {value}}}, "timestamp": {{"timeInSeconds": {secs}, "offsetInNanos": {nanos}}}, "quality": "GOOD"}}]}}"#
+    )
+    .into_bytes()
+}
+
+impl Bench for SiteWise {
+    fn exporter(&self) -> &'static str {
+        "export-sitewise"
+    }
+    fn endpoint(&self) -> String {
+        self.fake.url()
+    }
+    fn record(&self) -> &'static str {
+        "entry of one value"
+    }
+    fn per_call(&self) -> usize {
+        10
+    }
+    fn definition(&self, name: &str, _index: usize) -> StreamDefinition {
+        let mut def = StreamDefinition::new(name, StrategyOnFull::RejectNewData);
+        def.max_size_bytes = Some(4 << 30);
+        def.exports.iot_sitewise = vec![IotSiteWiseConfig {
+            common: ExportCommon {
+                identifier: "x".into(),
+                disabled: Some(true),
+                ..Default::default()
+            },
+        }];
+        def
+    }
+    fn set_disabled(&self, def: &mut StreamDefinition, disabled: bool) {
+        def.exports.iot_sitewise[0].common.disabled = Some(disabled);
+    }
+    fn payload(&self, index: usize, i: u64) -> Vec<u8> {
+        sitewise_entry(&format!("/bench/s{index}"), i as f64, self.time(i))
+    }
+    fn load_call(
+        &self,
+        worker: usize,
+        call: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + '_>> {
+        use aws_sdk_iotsitewise::types::{
+            AssetPropertyValue, PutAssetPropertyValueEntry, TimeInNanos, Variant,
+        };
+        Box::pin(async move {
+            let entries = (0..10u64)
+                .map(|i| {
+                    let n = call * 10 + i;
+                    let (secs, nanos) = self.time(n);
+                    PutAssetPropertyValueEntry::builder()
+                        .entry_id(n.to_string())
+                        .property_alias(format!("/load/w{worker}"))
+                        .property_values(
+                            AssetPropertyValue::builder()
+                                .value(Variant::builder().double_value(n as f64).build())
+                                .timestamp(
+                                    TimeInNanos::builder()
+                                        .time_in_seconds(secs)
+                                        .offset_in_nanos(nanos)
+                                        .build()
+                                        .unwrap(),
+                                )
+                                .build(),
+                        )
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let out = self
+                .client
+                .batch_put_asset_property_value()
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .expect("BatchPutAssetPropertyValue to the fake");
+            10 - out.error_entries().len() as u64
+        })
+    }
+    fn received(&self, streams: usize) -> u64 {
+        self.ids[..streams]
+            .iter()
+            .map(|(a, p)| self.fake.property_values(a, p).len() as u64)
+            .sum()
+    }
+    fn next_run(&self) {
+        self.run.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// IoT Analytics: channel `bench` for the drain, `load` for the load
+/// generator; 1 KiB messages.
+struct Analytics {
+    fake: FakeIot,
+    client: aws_sdk_iotanalytics::Client,
+}
+
+impl Analytics {
+    fn new() -> Self {
+        let fake = FakeIot::start();
+        fake.create_channel("bench");
+        fake.create_channel("load");
+        Self {
+            client: analytics_client(&fake.url()),
+            fake,
+        }
+    }
+}
+
+impl Bench for Analytics {
+    fn exporter(&self) -> &'static str {
+        "export-analytics"
+    }
+    fn endpoint(&self) -> String {
+        self.fake.url()
+    }
+    fn record(&self) -> &'static str {
+        "1 KiB message"
+    }
+    fn per_call(&self) -> usize {
+        100
+    }
+    fn definition(&self, name: &str, _index: usize) -> StreamDefinition {
+        let mut def = StreamDefinition::new(name, StrategyOnFull::RejectNewData);
+        def.max_size_bytes = Some(4 << 30);
+        def.exports.iot_analytics = vec![IotAnalyticsConfig {
+            common: ExportCommon {
+                identifier: "x".into(),
+                disabled: Some(true),
+                ..Default::default()
+            },
+            iot_channel: "bench".into(),
+            iot_msg_id_prefix: Some("b-".into()),
+        }];
+        def
+    }
+    fn set_disabled(&self, def: &mut StreamDefinition, disabled: bool) {
+        def.exports.iot_analytics[0].common.disabled = Some(disabled);
+    }
+    fn payload(&self, index: usize, i: u64) -> Vec<u8> {
+        let mut p = format!("{{\"stream\": {index}, \"n\": {i}, \"pad\": \"").into_bytes();
+        p.resize(1022, b'.');
+        p.extend(b"\"}");
+        p
+    }
+    fn load_call(
+        &self,
+        worker: usize,
+        call: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + '_>> {
+        Box::pin(async move {
+            let messages = (0..100u64)
+                .map(|i| {
+                    aws_sdk_iotanalytics::types::Message::builder()
+                        .message_id(format!("w{worker}-{}", call * 100 + i))
+                        .payload(aws_sdk_iotanalytics::primitives::Blob::new(
+                            self.payload(worker, call * 100 + i),
+                        ))
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let out = self
+                .client
+                .batch_put_message()
+                .channel_name("load")
+                .set_messages(Some(messages))
+                .send()
+                .await
+                .expect("BatchPutMessage to the fake");
+            100 - out.batch_put_message_error_entries().len() as u64
+        })
+    }
+    fn received(&self, _streams: usize) -> u64 {
+        self.fake.channel_messages("bench").len() as u64
+    }
+}
+
+/// Records/s the endpoint takes from the SDK driven directly with
+/// `concurrency` calls in flight, and the CPU µs per record of this process
+/// (load generator and endpoint together).
+fn raw_capacity(bench: &dyn Bench, concurrency: usize) -> (f64, f64) {
+    bench.next_run();
+    let cpu0 = cpu_secs(std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let start = Instant::now();
+    let deadline = start + Duration::from_secs(LOADGEN_SECONDS);
+    let total: u64 = rt.block_on(async {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let workers = (0..concurrency).map(|w| async move {
+                    let mut sent = 0u64;
+                    let mut call = 0u64;
+                    while Instant::now() < deadline {
+                        sent += bench.load_call(w, call).await;
+                        call += 1;
+                    }
+                    sent
+                });
+                let mut total = 0;
+                for n in futures_join(workers.collect()).await {
+                    total += n;
+                }
+                total
+            })
+            .await
+    });
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    (
+        rate,
+        (cpu_secs(std::process::id()) - cpu0) * 1e6 / total.max(1) as f64,
+    )
+}
+
+/// Polls the futures together on this thread; their results in order.
+async fn futures_join<F: std::future::Future<Output = u64>>(fs: Vec<F>) -> Vec<u64> {
+    let mut fs: Vec<_> = fs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<u64>> = vec![None; fs.len()];
+    std::future::poll_fn(|cx| {
+        for (i, f) in fs.iter_mut().enumerate() {
+            if out[i].is_none() {
+                if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+                    out[i] = Some(v);
+                }
+            }
+        }
+        if out.iter().all(Option::is_some) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().map(|v| v.unwrap_or(0)).collect()
+}
+
+fn fill(bench: &dyn Bench, store: &StoreHarness, stream: &str, index: usize, records: u64) -> f64 {
+    let start = Instant::now();
+    let payloads: Vec<Vec<u8>> = (0..records).map(|i| bench.payload(index, i)).collect();
     std::thread::scope(|s| {
-        for t in 0..FILL_THREADS as u64 {
+        // Appenders take every FILL_THREADS-th record, so the stream's order
+        // is close to (not exactly) the generation order.
+        for t in 0..FILL_THREADS {
+            let payloads = &payloads;
             s.spawn(move || {
-                let mut i = t;
-                while i < records {
-                    let mut p = format!("{i:012}").into_bytes();
-                    p.resize(RECORD_BYTES, b'.');
-                    store.append(stream, p);
-                    i += FILL_THREADS as u64;
+                for p in payloads.iter().skip(t).step_by(FILL_THREADS) {
+                    store.append(stream, p.clone());
                 }
             });
         }
@@ -155,48 +498,41 @@ fn fill(store: &StoreHarness, stream: &str, records: u64) -> f64 {
     records as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Drains `streams` streams of `per_stream` records each (filled behind
-/// disabled exports) with one `export-kinesis`; returns (records/s, seconds,
-/// idle RSS KiB, peak RSS KiB, records the endpoint received, and CPU µs per
-/// record of the exporter, the store and this process (the endpoint)).
 struct Drained {
     rate: f64,
     secs: f64,
     idle_kib: u64,
     peak_kib: u64,
     received: u64,
+    /// CPU µs per record: exporter, store, this process (the endpoint).
     cpu_us: [f64; 3],
 }
 
-fn drain(fake: &FastKinesis, streams: usize, per_stream: u64) -> Drained {
+/// Drains `streams` streams of `per_stream` records each with one exporter.
+fn drain(bench: &dyn Bench, streams: usize, per_stream: u64) -> Drained {
+    bench.next_run();
     let store = StoreHarness::start(&[]);
     let mut defs = Vec::new();
     for i in 0..streams {
         let name = format!("bench-{i}");
-        let mut def = StreamDefinition::new(name.as_str(), StrategyOnFull::RejectNewData);
-        def.max_size_bytes = Some(4 << 30);
-        def.exports.kinesis = vec![KinesisConfig {
-            common: ExportCommon {
-                identifier: "k".into(),
-                disabled: Some(true),
-                ..Default::default()
-            },
-            kinesis_stream_name: name.clone(),
-        }];
+        let def = bench.definition(&name, i);
         store.create(def.clone());
-        let rate = fill(&store, &name, per_stream);
-        println!("filled {name}: {per_stream} records of {RECORD_BYTES} bytes at {rate:.0}/s");
+        let rate = fill(bench, &store, &name, i, per_stream);
+        println!(
+            "filled {name}: {per_stream} records ({}) at {rate:.0}/s",
+            bench.record()
+        );
         defs.push(def);
     }
-    let before = fake.counters.records.load(Ordering::Relaxed);
-    let mut exporter: Child = store.exporter("export-kinesis", &aws_env(&fake.url()));
+    let before = bench.received(streams);
+    let mut exporter: Child = store.exporter(bench.exporter(), &aws_env(&bench.endpoint()));
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = rss_kib(exporter.id());
     let pids = [exporter.id(), store.store.id(), std::process::id()];
     let cpu0 = pids.map(cpu_secs);
     let start = Instant::now();
     for mut def in defs {
-        def.exports.kinesis[0].common.disabled = Some(false);
+        bench.set_disabled(&mut def, false);
         store.update(def);
     }
     let mut peak = idle_rss;
@@ -204,7 +540,7 @@ fn drain(fake: &FastKinesis, streams: usize, per_stream: u64) -> Drained {
         peak = peak.max(rss_kib(exporter.id()));
         let done = (0..streams).all(|i| {
             store
-                .export_status(&format!("bench-{i}"), "k")
+                .export_status(&format!("bench-{i}"), "x")
                 .last_exported_sequence_number
                 >= per_stream as i64 - 1
         });
@@ -221,7 +557,7 @@ fn drain(fake: &FastKinesis, streams: usize, per_stream: u64) -> Drained {
     let total = streams as u64 * per_stream;
     let cpu1 = pids.map(cpu_secs);
     let cpu_us = [0, 1, 2].map(|i| (cpu1[i] - cpu0[i]) * 1e6 / total as f64);
-    let received = fake.counters.records.load(Ordering::Relaxed) - before;
+    let received = bench.received(streams) - before;
     kill9(&mut exporter);
     Drained {
         rate: total as f64 / secs,
@@ -233,42 +569,40 @@ fn drain(fake: &FastKinesis, streams: usize, per_stream: u64) -> Drained {
     }
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let records: u64 = args
-        .iter()
-        .position(|a| a == "--records")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-
-    let fake = FastKinesis::start();
-    println!("fast Kinesis endpoint on {}", fake.url());
-    let (cap1, gen1) = raw_capacity(&fake.url(), 1);
-    let (cap5, gen5) = raw_capacity(&fake.url(), LOADGEN_CONCURRENCY);
-    println!(
-        "raw capacity (SDK load generator, 500 x 1 KiB per call): {cap1:.0} records/s with 1 call in flight, {cap5:.0} with {LOADGEN_CONCURRENCY}"
-    );
-    let one = drain(&fake, 1, records);
-    println!("one stream: {:.0} records/s", one.rate);
+fn run(name: &str, bench: &dyn Bench, records: u64) {
+    println!("== {name}: endpoint on {}", bench.endpoint());
+    let (cap1, gen1) = raw_capacity(bench, 1);
+    let (cap5, gen5) = raw_capacity(bench, LOADGEN_CONCURRENCY);
+    println!("raw capacity: {cap1:.0}/s with 1 call in flight, {cap5:.0}/s with {LOADGEN_CONCURRENCY}");
+    let one = drain(bench, 1, records);
+    println!("one stream: {:.0}/s", one.rate);
     let streams = LOADGEN_CONCURRENCY;
-    let many = drain(&fake, streams, records / streams as u64);
-    println!("{streams} streams: {:.0} records/s", many.rate);
+    let many = drain(bench, streams, records / streams as u64);
+    println!("{streams} streams: {:.0}/s", many.rate);
+    let per = bench.per_call();
+    let what = bench.record();
+    let exporter = bench.exporter();
+    println!();
+    println!("{name}, {per} x {what} per call:");
     println!();
     println!("| figure | value | goal |");
     println!("|---|---|---|");
-    println!("| endpoint raw capacity, 1 call in flight (as one export sends: in order, one batch at a time) | {cap1:.0} records/s | |");
-    println!("| endpoint raw capacity, {LOADGEN_CONCURRENCY} calls in flight (the default pool) | {cap5:.0} records/s | |");
+    println!("| endpoint raw capacity, 1 call in flight (as one export sends: in order, one batch at a time) | {cap1:.0}/s | |");
+    println!("| endpoint raw capacity, {LOADGEN_CONCURRENCY} calls in flight (the default pool) | {cap5:.0}/s | |");
     println!(
-        "| drain of {records} x 1 KiB, one stream | {:.0} records/s ({:.1} s) = {:.2} x the 1-in-flight capacity | >= 20,000/s, >= 0.8 x |",
-        one.rate, one.secs, one.rate / cap1
+        "| drain of {records}, one stream | {:.0}/s ({:.1} s) = {:.2} x the 1-in-flight capacity | >= 0.8 x |",
+        one.rate,
+        one.secs,
+        one.rate / cap1
     );
     println!(
-        "| drain of {records} x 1 KiB over {streams} streams | {:.0} records/s ({:.1} s) = {:.2} x the {LOADGEN_CONCURRENCY}-in-flight capacity | >= 0.8 x |",
-        many.rate, many.secs, many.rate / cap5
+        "| drain of {records} over {streams} streams | {:.0}/s ({:.1} s) = {:.2} x the {LOADGEN_CONCURRENCY}-in-flight capacity | >= 0.8 x |",
+        many.rate,
+        many.secs,
+        many.rate / cap5
     );
     println!(
-        "| export-kinesis resident memory, idle / peak while draining | {:.1} / {:.1} MiB (one stream), {:.1} / {:.1} MiB ({streams} streams) | <= 32 MiB |",
+        "| {exporter} resident memory, idle / peak while draining | {:.1} / {:.1} MiB (one stream), {:.1} / {:.1} MiB ({streams} streams) | |",
         one.idle_kib as f64 / 1024.0,
         one.peak_kib as f64 / 1024.0,
         many.idle_kib as f64 / 1024.0,
@@ -277,17 +611,38 @@ fn main() {
     println!(
         "| CPU per record: load generator + endpoint | {gen1:.2} µs (1 in flight), {gen5:.2} µs ({LOADGEN_CONCURRENCY}) | |"
     );
-    for (name, d) in [("one stream", &one), ("{streams} streams", &many)] {
+    for (label, d) in [("one stream".to_string(), &one), (format!("{streams} streams"), &many)] {
         println!(
-            "| CPU per record while draining ({}): export-kinesis / store / endpoint | {:.2} / {:.2} / {:.2} µs | |",
-            name.replace("{streams}", &streams.to_string()),
-            d.cpu_us[0],
-            d.cpu_us[1],
-            d.cpu_us[2]
+            "| CPU per record while draining ({label}): {exporter} / store / endpoint | {:.2} / {:.2} / {:.2} µs | |",
+            d.cpu_us[0], d.cpu_us[1], d.cpu_us[2]
         );
     }
     println!(
         "| records the endpoint received | {} and {} | {records} each (more = re-sends) |",
         one.received, many.received
     );
+    println!();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let records: Option<u64> = args
+        .iter()
+        .position(|a| a == "--records")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok());
+    let which = args
+        .get(1)
+        .filter(|a| !a.starts_with("--"))
+        .map_or("all", String::as_str);
+    let all = which == "all";
+    if all || which == "kinesis" {
+        run("Kinesis", &Kinesis::new(), records.unwrap_or(1_000_000));
+    }
+    if all || which == "sitewise" {
+        run("IoT SiteWise", &SiteWise::new(), records.unwrap_or(100_000));
+    }
+    if all || which == "analytics" {
+        run("IoT Analytics", &Analytics::new(), records.unwrap_or(200_000));
+    }
 }
