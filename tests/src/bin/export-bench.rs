@@ -573,7 +573,9 @@ fn run(name: &str, bench: &dyn Bench, records: u64) {
     println!("== {name}: endpoint on {}", bench.endpoint());
     let (cap1, gen1) = raw_capacity(bench, 1);
     let (cap5, gen5) = raw_capacity(bench, LOADGEN_CONCURRENCY);
-    println!("raw capacity: {cap1:.0}/s with 1 call in flight, {cap5:.0}/s with {LOADGEN_CONCURRENCY}");
+    println!(
+        "raw capacity: {cap1:.0}/s with 1 call in flight, {cap5:.0}/s with {LOADGEN_CONCURRENCY}"
+    );
     let one = drain(bench, 1, records);
     println!("one stream: {:.0}/s", one.rate);
     let streams = LOADGEN_CONCURRENCY;
@@ -611,7 +613,10 @@ fn run(name: &str, bench: &dyn Bench, records: u64) {
     println!(
         "| CPU per record: load generator + endpoint | {gen1:.2} µs (1 in flight), {gen5:.2} µs ({LOADGEN_CONCURRENCY}) | |"
     );
-    for (label, d) in [("one stream".to_string(), &one), (format!("{streams} streams"), &many)] {
+    for (label, d) in [
+        ("one stream".to_string(), &one),
+        (format!("{streams} streams"), &many),
+    ] {
         println!(
             "| CPU per record while draining ({label}): {exporter} / store / endpoint | {:.2} / {:.2} / {:.2} µs | |",
             d.cpu_us[0], d.cpu_us[1], d.cpu_us[2]
@@ -643,6 +648,10 @@ fn main() {
         run("IoT SiteWise", &SiteWise::new(), records.unwrap_or(100_000));
     }
     if all || which == "analytics" {
-        run("IoT Analytics", &Analytics::new(), records.unwrap_or(200_000));
+        run(
+            "IoT Analytics",
+            &Analytics::new(),
+            records.unwrap_or(200_000),
+        );
     }
 }
