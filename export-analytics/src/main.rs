@@ -18,7 +18,7 @@
 use aws_sdk_iotanalytics::primitives::Blob;
 use aws_sdk_iotanalytics::types::Message as ChannelMessage;
 use bus_schema::{ExportCommon, Message, StreamDefinition};
-use export_runtime::aws::{describe_call_error, is_retryable_code};
+use export_runtime::aws::{describe_call_error, is_permanent_entry_code};
 use export_runtime::{send_parsed, BatchResult, Call, Destination, Export, Limits, Outcome};
 
 /// `BatchPutMessage` takes at most this many messages.
@@ -86,10 +86,10 @@ impl Analytics {
                                     "{code}: {}",
                                     e.error_message().unwrap_or("no message")
                                 );
-                                if is_retryable_code(code) {
-                                    Outcome::Retry(why)
-                                } else {
+                                if is_permanent_entry_code(code) {
                                     Outcome::Reject(why)
+                                } else {
+                                    Outcome::Retry(why)
                                 }
                             }
                         }

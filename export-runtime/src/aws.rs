@@ -56,18 +56,18 @@ where
     }
 }
 
-/// Error codes of AWS services that mean "try again later". Access denied
-/// counts: a policy or credential can be fixed without touching the data.
-pub fn is_retryable_code(code: &str) -> bool {
+/// Per-entry error codes (SiteWise, IoT Analytics) that say the entry itself
+/// can never be accepted as sent: the entry is skipped and recorded. Every
+/// other code, known or not (throttling, unavailability, internal failure,
+/// limits, access denied: a policy can be fixed without touching the data),
+/// is sent again.
+pub fn is_permanent_entry_code(code: &str) -> bool {
     matches!(
         code,
-        "ThrottlingException"
-            | "ServiceUnavailableException"
-            | "InternalFailureException"
-            | "InternalFailure"
-            | "LimitExceededException"
-            | "ProvisionedThroughputExceededException"
-            | "AccessDeniedException"
+        "InvalidRequestException"
+            | "ResourceNotFoundException"
+            | "TimestampOutOfRangeException"
+            | "ConflictingOperationException"
     )
 }
 
@@ -142,9 +142,11 @@ mod tests {
     }
 
     #[test]
-    fn retryable_codes() {
-        assert!(is_retryable_code("ThrottlingException"));
-        assert!(!is_retryable_code("TimestampOutOfRangeException"));
-        assert!(!is_retryable_code("ResourceNotFoundException"));
+    fn only_known_permanent_codes_skip_an_entry() {
+        assert!(is_permanent_entry_code("TimestampOutOfRangeException"));
+        assert!(is_permanent_entry_code("ResourceNotFoundException"));
+        assert!(!is_permanent_entry_code("ThrottlingException"));
+        assert!(!is_permanent_entry_code("AccessDeniedException"));
+        assert!(!is_permanent_entry_code("SomethingNewException"));
     }
 }

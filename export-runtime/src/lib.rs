@@ -32,7 +32,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bus_schema::{ErrorKind, ExportCommon, ExportProgress, Message, StreamDefinition, StreamInfo};
 use tokio::sync::watch;
@@ -49,12 +49,18 @@ pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(60);
 /// How long a stopping exporter lets in-flight uploads finish and commit
 /// (the supervisor waits 5 s before it kills).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
-/// How long one bandwidth request waits in the store before asking again.
-pub const BANDWIDTH_WAIT_MS: i64 = 5_000;
+/// How long one bandwidth request waits in the store before asking again
+/// (a waiter that asks again queues behind newer ones: long waits keep that
+/// rare).
+pub const BANDWIDTH_WAIT_MS: i64 = 60_000;
+const BANDWIDTH_WAIT: Duration = Duration::from_millis(BANDWIDTH_WAIT_MS as u64);
 /// Sequence numbers an error message names at most.
 pub const ERROR_SEQUENCE_NUMBERS_MAX: usize = 10;
 /// Priority of exports that have none (after 10, the lowest settable).
 pub const PRIORITY_NONE: i64 = 11;
+/// Batch memory an export waits for when the memory it would like is taken
+/// (it then reads a smaller batch).
+pub const BATCH_MEMORY_SHARE_BYTES_MIN: usize = 256 * 1024;
 /// Batches an export reads from the store ahead of the one being sent.
 pub const READ_AHEAD_BATCHES: usize = 1;
 /// Payload bytes of all batches held in memory by one exporter process
@@ -407,6 +413,12 @@ impl<D: Destination> Runtime<D> {
         let mut after = 0u64;
         let mut backoff = Backoff::default();
         loop {
+            // An export whose worker ended by itself (its stream was deleted
+            // and made again while we were behind, or it failed) is started
+            // again from what the store holds.
+            if self.tasks.values().any(|t| t.join.is_finished()) {
+                epoch = 0;
+            }
             let batch = tokio::select! {
                 _ = &mut stop => break,
                 b = self.shared.store.watch(epoch, after, WATCH_WAIT_MS) => b,
@@ -422,10 +434,23 @@ impl<D: Destination> Runtime<D> {
                 }
             };
             if batch.resync {
-                // The store restarted, or we are new: read everything. Events
-                // from `batch.next` on are seen after this, so nothing is missed.
-                match self.shared.store.describe_all().await {
+                // We are new, behind, or the store restarted: read everything.
+                // Events after `batch.next` are seen after this, so nothing is
+                // missed.
+                let all = tokio::select! {
+                    _ = &mut stop => break,
+                    all = self.shared.store.describe_all() => all,
+                };
+                match all {
                     Ok(all) => {
+                        if epoch != 0 && batch.epoch != epoch {
+                            // A restarted store may hold less than before (Memory
+                            // streams start empty; an unclean stop may lose an
+                            // unsynced tail): every export starts again from the
+                            // store's cursor.
+                            tracing::info!("the store restarted; exports restart from its cursors");
+                            self.stop_all_tasks().await;
+                        }
                         self.reconcile_all(all).await;
                         epoch = batch.epoch;
                         after = batch.next;
@@ -433,7 +458,11 @@ impl<D: Destination> Runtime<D> {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the streams; retrying");
-                        tokio::time::sleep(backoff.next_delay()).await;
+                        epoch = 0;
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        }
                     }
                 }
                 continue;
@@ -441,13 +470,25 @@ impl<D: Destination> Runtime<D> {
             backoff.reset();
             after = batch.next;
             for event in batch.events {
-                self.apply(event).await;
+                if !self.apply(event).await {
+                    // A change we could not read: read everything next time.
+                    epoch = 0;
+                }
             }
         }
         self.shutdown().await;
     }
 
-    async fn apply(&mut self, event: bus_schema::Event) {
+    async fn stop_all_tasks(&mut self) {
+        for (_, task) in self.tasks.drain() {
+            task.join.abort();
+            let _ = task.join.await;
+        }
+    }
+
+    /// Applies one change event; `false` when the changed stream could not
+    /// be read (the caller then reads everything again).
+    async fn apply(&mut self, event: bus_schema::Event) -> bool {
         use bus_schema::Event;
         match event {
             Event::Appended {
@@ -473,13 +514,14 @@ impl<D: Destination> Runtime<D> {
                         self.reconcile_stream(&name, None).await
                     }
                     Err(e) => {
-                        // Leave the tasks as they are; the next resync fixes it.
-                        tracing::warn!(stream = %name, error = %e, "cannot read a changed stream");
+                        tracing::warn!(stream = %name, error = %e, "cannot read a changed stream; reading everything again");
+                        return false;
                     }
                 }
             }
             Event::StreamDeleted { name } => self.reconcile_stream(&name, None).await,
         }
+        true
     }
 
     async fn reconcile_all(&mut self, all: Vec<StreamInfo>) {
@@ -523,7 +565,9 @@ impl<D: Destination> Runtime<D> {
             .tasks
             .iter()
             .filter(|((s, id), t)| {
-                s == name && !wanted.iter().any(|w| w.identifier == *id && *w == t.export)
+                s == name
+                    && (t.join.is_finished()
+                        || !wanted.iter().any(|w| w.identifier == *id && *w == t.export))
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -631,6 +675,9 @@ impl<D: Destination> Shared<D> {
 /// process's batch memory.
 struct Batch {
     messages: Vec<Message>,
+    /// Messages before this batch that the stream's storage policy removed
+    /// before they were exported: (first sequence number, count).
+    removed: Option<(i64, i64)>,
     _memory: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -660,23 +707,34 @@ impl<D: Destination> Reader<D> {
             if let Wake::Stop = self.wait_for_batch(&mut first_pending, &mut backoff).await {
                 return;
             }
-            let max_bytes = shared.batch_bytes();
-            let Ok(memory) = shared
-                .memory
-                .clone()
-                .acquire_many_owned(memory_kib(max_bytes))
-                .await
-            else {
+            // A place in the hand-over queue first, so an export whose worker
+            // is stuck holds at most two batches of memory.
+            let Ok(slot) = self.tx.reserve().await else {
                 return;
+            };
+            // The destination counts a per-record overhead (Kinesis: the
+            // partition key) on top of the payload the store measures.
+            let batch_size = shared.batch_size(&self.export);
+            let overhead = shared.dest.record_size(&[]).saturating_mul(batch_size);
+            let mut max_bytes = shared.batch_bytes().saturating_sub(overhead).max(1);
+            // Batch memory: take what the batch may need if it is free now;
+            // otherwise wait for a small share (a large request waiting at the
+            // head of the queue would hold back every other export).
+            let want = memory_kib(max_bytes);
+            let memory = match shared.memory.clone().try_acquire_many_owned(want) {
+                Ok(m) => m,
+                Err(_) => {
+                    let small = want.min(memory_kib(BATCH_MEMORY_SHARE_BYTES_MIN));
+                    max_bytes = max_bytes.min(small as usize * 1024);
+                    let Ok(m) = shared.memory.clone().acquire_many_owned(small).await else {
+                        return;
+                    };
+                    m
+                }
             };
             let read = shared
                 .store
-                .read(
-                    &self.export.stream,
-                    self.next,
-                    shared.batch_size(&self.export),
-                    max_bytes,
-                )
+                .read(&self.export.stream, self.next, batch_size, max_bytes)
                 .await;
             let messages = match read {
                 Ok(m) => m,
@@ -698,14 +756,8 @@ impl<D: Destination> Reader<D> {
             };
             backoff.reset();
             first_pending = None;
-            if first.sequence_number > self.next {
-                tracing::warn!(
-                    stream = %self.export.stream,
-                    export = %self.export.identifier,
-                    lost = first.sequence_number - self.next,
-                    "messages were removed by the stream's storage policy before they were exported"
-                );
-            }
+            let removed = (first.sequence_number > self.next)
+                .then(|| (self.next, first.sequence_number - self.next));
             self.next = last.sequence_number + 1;
             // Keep only the memory the batch really takes.
             let mut memory = memory;
@@ -715,13 +767,11 @@ impl<D: Destination> Reader<D> {
             if excess > 0 {
                 drop(memory.split(excess));
             }
-            let batch = Batch {
+            slot.send(Batch {
                 messages,
+                removed,
                 _memory: memory,
-            };
-            if self.tx.send(batch).await.is_err() {
-                return;
-            }
+            });
         }
     }
 
@@ -767,7 +817,9 @@ impl<D: Destination> Reader<D> {
                         }
                     },
                 };
-                let due_in = ingest_ms.saturating_add(interval) - bus::unix_ms() as i64;
+                // Clamped: a wall clock set back must not stretch the wait.
+                let due_in =
+                    (ingest_ms.saturating_add(interval) - bus::unix_ms() as i64).min(interval);
                 if due_in <= 0 {
                     return Wake::Ready;
                 }
@@ -826,6 +878,8 @@ struct Sent {
     bytes: i64,
     delivered: i64,
     skipped: Vec<(i64, String)>,
+    /// Removed by the storage policy before export: (first, count).
+    removed: Option<(i64, i64)>,
 }
 
 impl<D: Destination> ExportWorker<D> {
@@ -862,9 +916,11 @@ impl<D: Destination> ExportWorker<D> {
                     .messages
                     .last()
                     .map_or(self.cursor, |m| m.sequence_number);
-                let Some(sent) = self.send_all(batch.messages).await else {
+                let removed = batch.removed;
+                let Some(mut sent) = self.send_all(batch.messages).await else {
                     break End::Stop; // stopping: the batch is sent again after a restart
                 };
+                sent.removed = removed;
                 if let Some(c) = in_flight.take() {
                     if let Some(end) = self.settle(c).await {
                         break end;
@@ -904,6 +960,7 @@ impl<D: Destination> ExportWorker<D> {
             bytes: 0,
             delivered: 0,
             skipped: Vec::new(),
+            removed: None,
         };
         let mut pending = Vec::with_capacity(messages.len());
         for m in messages {
@@ -926,19 +983,22 @@ impl<D: Destination> ExportWorker<D> {
             let bytes: usize = pending.iter().map(|m| dest.record_size(&m.payload)).sum();
             let permit = self.shared.gate.acquire(priority).await;
             if self.shared.bandwidth.is_some() {
+                let mut stopping = self.shared.stopping.clone();
                 loop {
-                    if self.stopping() {
-                        return None;
-                    }
-                    match self
-                        .shared
-                        .store
-                        .acquire_bandwidth(bytes, priority, BANDWIDTH_WAIT_MS)
-                        .await
-                    {
+                    let asked = Instant::now();
+                    let granted = tokio::select! {
+                        g = self.shared.store.acquire_bandwidth(bytes, priority, BANDWIDTH_WAIT_MS) => g,
+                        _ = stopping.wait_for(|s| *s) => return None,
+                    };
+                    match granted {
                         Ok(()) => break,
-                        Err(e) if e.kind() == Some(ErrorKind::Busy) => continue,
+                        // Waited its full time: ask again at once.
+                        Err(e)
+                            if e.kind() == Some(ErrorKind::Busy)
+                                && asked.elapsed() >= BANDWIDTH_WAIT / 2 => {}
                         Err(e) => {
+                            // Refused at once (the store's queue is full) or
+                            // unreachable: wait before asking again.
                             tracing::warn!(error = %e, "cannot get bandwidth from the store");
                             if let Wake::Stop = self.pause(backoff.next_delay()).await {
                                 return None;
@@ -975,6 +1035,10 @@ impl<D: Destination> ExportWorker<D> {
                                 retry.push(m);
                             }
                         }
+                    }
+                    if pending.len() > retry.len() {
+                        // Some got through: the destination is working.
+                        backoff.reset();
                     }
                     pending = retry;
                     reason.map(|r| {
@@ -1033,7 +1097,16 @@ impl<D: Destination> ExportWorker<D> {
         last: i64,
         sent: Sent,
     ) -> Result<Option<InFlightCommit>, End> {
-        let error_message = (!sent.skipped.is_empty()).then(|| skipped_message(&sent.skipped));
+        let mut problems = Vec::new();
+        if let Some((first, count)) = sent.removed {
+            problems.push(format!(
+                "{count} message(s) from sequence number {first} were removed by the stream's storage policy before they were exported"
+            ));
+        }
+        if !sent.skipped.is_empty() {
+            problems.push(skipped_message(&sent.skipped));
+        }
+        let error_message = (!problems.is_empty()).then(|| problems.join("; "));
         if let Some(m) = &error_message {
             tracing::warn!(stream = %self.export.stream, export = %self.export.identifier, "{m}");
         }
@@ -1043,7 +1116,8 @@ impl<D: Destination> ExportWorker<D> {
             error_message,
             exported_bytes_delta: sent.bytes,
             exported_messages_delta: sent.delivered,
-            skipped_messages_delta: sent.skipped.len() as i64,
+            skipped_messages_delta: sent.skipped.len() as i64
+                + sent.removed.map_or(0, |(_, count)| count),
             expected_last_exported_sequence_number: Some(self.cursor),
         };
         let submitted = self
@@ -1083,7 +1157,13 @@ impl<D: Destination> ExportWorker<D> {
             // was lost: carry on from what the store holds.
             Some(ErrorKind::Conflict) => Err(End::Reload),
             Some(ErrorKind::ResourceNotFound) => Err(End::Stop),
-            _ => {
+            // Refused for another reason (e.g. the stream is shorter than we
+            // thought after a store restart): start again from the store.
+            Some(_) => {
+                tracing::warn!(error = %e, "the store refused the export cursor; reloading it");
+                Err(End::Reload)
+            }
+            None => {
                 tracing::warn!(error = %e, "cannot commit the export cursor; retrying");
                 self.commit_until_done(progress).await
             }
@@ -1111,8 +1191,11 @@ impl<D: Destination> ExportWorker<D> {
                     self.recorded_error = progress.error_message;
                     return Ok(());
                 }
-                Err(e) if e.kind() == Some(ErrorKind::Conflict) => return Err(End::Reload),
                 Err(e) if e.kind() == Some(ErrorKind::ResourceNotFound) => return Err(End::Stop),
+                Err(e) if e.kind().is_some() => {
+                    tracing::warn!(error = %e, "the store refused the export cursor; reloading it");
+                    return Err(End::Reload);
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot commit the export cursor; retrying"),
             }
         }

@@ -24,7 +24,7 @@ mod entry;
 use aws_sdk_iotsitewise::error::ProvideErrorMetadata;
 use aws_sdk_iotsitewise::types::PutAssetPropertyValueEntry;
 use bus_schema::{ExportCommon, Message, StreamDefinition};
-use export_runtime::aws::{describe_call_error, is_retryable_code, LocalEndpointHostPrefix};
+use export_runtime::aws::{describe_call_error, is_permanent_entry_code, LocalEndpointHostPrefix};
 use export_runtime::{send_parsed, BatchResult, Call, Destination, Export, Limits, Outcome};
 
 /// `BatchPutAssetPropertyValue` takes at most this many entries.
@@ -104,10 +104,10 @@ fn entry_outcome(errors: Option<Vec<(String, String)>>) -> Outcome {
         .map(|(code, msg)| format!("{code}: {msg}"))
         .collect::<Vec<_>>()
         .join("; ");
-    if errors.iter().any(|(code, _)| is_retryable_code(code)) {
-        Outcome::Retry(text)
-    } else {
+    if errors.iter().all(|(code, _)| is_permanent_entry_code(code)) {
         Outcome::Reject(text)
+    } else {
+        Outcome::Retry(text)
     }
 }
 

@@ -447,3 +447,38 @@ fn priorities_and_the_bandwidth_cap_over_a_minute() {
         "the low-priority stream got {low_at_high_done} of 600 before the high one finished"
     );
 }
+
+#[test]
+fn messages_removed_by_the_storage_policy_before_export_are_counted() {
+    let s = Setup::new(&[], false);
+    s.kinesis.create_stream("k-trim", 1);
+    let mut e = export("k", "k-trim");
+    e.common.disabled = Some(true);
+    let mut def = definition("trim", vec![e.clone()]);
+    def.strategy_on_full = Some(StrategyOnFull::OverwriteOldestData);
+    def.max_size_bytes = Some(64 * 1024);
+    def.segment_size_bytes = Some(4 * 1024);
+    s.store.create(def.clone());
+    for i in 0..200 {
+        let mut p = format!("{i:08}:").into_bytes();
+        p.resize(1000, b'-');
+        s.store.append("trim", p);
+    }
+    let oldest = s.store.describe("trim").storage.oldest_sequence_number;
+    assert!(oldest > 0, "the stream overwrote its oldest data");
+    e.common.disabled = Some(false);
+    def.exports.kinesis = vec![e];
+    s.store.update(def);
+    s.store.wait_exported("trim", "k", 199, WAIT);
+    let st = s.store.export_status("trim", "k");
+    assert_eq!(st.skipped_messages, oldest, "{st:?}");
+    let error = st.error_message.clone().unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "{oldest} message(s) from sequence number 0 were removed by the stream's storage policy"
+        )),
+        "{error}"
+    );
+    assert_eq!(st.exported_messages, 200 - oldest);
+    assert_eq!(s.kinesis.read_all("k-trim").len() as i64, 200 - oldest);
+}
