@@ -157,7 +157,7 @@ impl Destination for Analytics {
 }
 
 fn main() -> std::process::ExitCode {
-    export_runtime::run_process("export-analytics", || async {
+    export_runtime::run_process("export-analytics", |_| async {
         Ok(Analytics {
             client: tokio::sync::OnceCell::new(),
         })

@@ -108,7 +108,7 @@ async fn client() -> aws_sdk_kinesis::Client {
 }
 
 fn main() -> std::process::ExitCode {
-    export_runtime::run_process("export-kinesis", || async {
+    export_runtime::run_process("export-kinesis", |_| async {
         Ok(Kinesis {
             client: tokio::sync::OnceCell::new(),
         })

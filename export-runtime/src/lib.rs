@@ -38,6 +38,7 @@ use bus_schema::{ErrorKind, ExportCommon, ExportProgress, Message, StreamDefinit
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use bus::unix_ms;
 pub use gate::{GatePermit, PriorityGate};
 use store::{Store, StoreError, WATCH_WAIT_MS};
 
@@ -208,36 +209,6 @@ pub trait Destination: Send + Sync + 'static {
     ) -> impl Future<Output = BatchResult> + Send + 'a;
 }
 
-/// A destination this version cannot export to yet. Its exports are
-/// followed like any other, nothing is dropped, and every export's status
-/// says why nothing moves (retried at the longest backoff).
-pub struct NotBuilt {
-    /// What the status says, e.g. "export to S3 is not built yet (issue 5)".
-    pub reason: &'static str,
-    /// The exports of its kind in a definition.
-    pub exports: fn(&StreamDefinition) -> Vec<ExportCommon>,
-}
-
-impl Destination for NotBuilt {
-    type Target = ();
-    fn exports(&self, def: &StreamDefinition) -> Vec<(ExportCommon, ())> {
-        (self.exports)(def).into_iter().map(|c| (c, ())).collect()
-    }
-    fn limits(&self) -> Limits {
-        Limits {
-            records_per_call: 1,
-            bytes_per_call: usize::MAX,
-            record_bytes_max: usize::MAX,
-        }
-    }
-    async fn send(&self, _export: &Export<()>, _records: &[Message]) -> BatchResult {
-        BatchResult::RetryAll(format!(
-            "{}: the messages are kept until a version that exports them runs",
-            self.reason
-        ))
-    }
-}
-
 /// Settings every exporter reads (validated at start-up).
 #[derive(Debug, Clone)]
 pub struct ExporterConfig {
@@ -300,11 +271,12 @@ impl Backoff {
 }
 
 /// The whole exporter process: configuration, logging, runtime, signals.
-/// `name` is the process name; `make` builds the destination.
+/// `name` is the process name; `make` builds the destination from the
+/// validated settings.
 pub fn run_process<D, F, Fut>(name: &str, make: F) -> ExitCode
 where
     D: Destination,
-    F: FnOnce() -> Fut,
+    F: FnOnce(ExporterConfig) -> Fut,
     Fut: Future<Output = Result<D, String>>,
 {
     let config = match ExporterConfig::from_lookup(|k| std::env::var(k).ok()) {
@@ -327,7 +299,7 @@ where
         }
     };
     rt.block_on(async move {
-        let dest = match make().await {
+        let dest = match make(config.clone()).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "cannot set up the destination client");

@@ -158,6 +158,20 @@ impl Store {
         }
     }
 
+    /// Appends `payload` to `stream`; its sequence number.
+    pub async fn append(&self, stream: &str, payload: Vec<u8>) -> Result<i64, StoreError> {
+        let req = Request::Append {
+            stream: stream.to_string(),
+            payload,
+        };
+        match self.call(req, STORE_CALL_TIMEOUT).await? {
+            Response::Appended {
+                sequence_number, ..
+            } => Ok(sequence_number),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Queues a commit and returns at once; its answer comes through
     /// [`settle`]. Commits submitted one after another reach the store in
     /// that order.

@@ -140,7 +140,7 @@ impl Destination for SiteWise {
 }
 
 fn main() -> std::process::ExitCode {
-    export_runtime::run_process("export-sitewise", || async {
+    export_runtime::run_process("export-sitewise", |_| async {
         Ok(SiteWise {
             client: tokio::sync::OnceCell::new(),
         })

@@ -270,13 +270,23 @@ fn pass(
     if is_put {
         count_put(state, body);
     }
-    let status = rhead
-        .lines()
-        .next()
-        .and_then(|l| l.split_once(' '))
-        .map(|(_, s)| s.trim().to_string())
-        .unwrap_or_else(|| "502 Bad Gateway".into());
-    respond(client, &status, &rbody)
+    // The upstream answer as it came (its headers matter: S3 answers an
+    // UploadPart with the part's ETag header), re-framed for keep-alive.
+    let mut out = String::new();
+    for (i, line) in rhead.lines().enumerate() {
+        let name = line.split(':').next().unwrap_or_default().trim();
+        if i > 0
+            && (name.eq_ignore_ascii_case("content-length")
+                || name.eq_ignore_ascii_case("connection"))
+        {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", rbody.len()));
+    client.write_all(out.as_bytes())?;
+    client.write_all(&rbody)
 }
 
 /// Forwards all records but every `every`-th, and answers as Kinesis does
