@@ -201,6 +201,14 @@ pub trait Destination: Send + Sync + 'static {
     fn record_size(&self, payload: &[u8]) -> usize {
         payload.len()
     }
+    /// The export was deleted (or its stream was) while it may have had
+    /// work in progress; its worker has been stopped. Default: nothing.
+    fn cancelled<'a>(
+        &'a self,
+        _export: &'a Export<Self::Target>,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        async {}
+    }
     /// Sends `records` (1 ..= limits) and says what became of each.
     fn send<'a>(
         &'a self,
@@ -543,11 +551,22 @@ impl<D: Destination> Runtime<D> {
             })
             .map(|(k, _)| k.clone())
             .collect();
+        let defined: Vec<String> = info
+            .map(|i| {
+                dest.exports(&i.definition)
+                    .into_iter()
+                    .map(|(c, _)| c.identifier)
+                    .collect()
+            })
+            .unwrap_or_default();
         for key in stale {
             if let Some(task) = self.tasks.remove(&key) {
                 tracing::info!(stream = %key.0, export = %key.1, "export stopped or changed");
                 task.join.abort();
                 let _ = task.join.await;
+                if !defined.contains(&key.1) {
+                    self.shared.dest.cancelled(&task.export).await;
+                }
             }
         }
         let Some(info) = info else { return };

@@ -18,7 +18,11 @@
 //!   task starts (UTC); `userMetadata` is sent as object metadata.
 //! - With `statusConfig`, `StatusMessage` JSON goes to `statusStreamName`,
 //!   filtered by `statusLevel`: InProgress when a task starts, Success,
-//!   Failure with the reason, Warning when an attempt failed and is retried.
+//!   Failure with the reason, Warning when an attempt failed and is retried,
+//!   Canceled when the export or its stream is deleted during a task.
+//! - Under `STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH`, every part (or small
+//!   file) is paid for in the exporters' shared budget, at the export's
+//!   priority; the pool size bounds concurrent tasks across exports.
 //! - Failure (the next task runs): invalid task JSON or bucket name, a
 //!   missing, unreadable or non-regular input file, a missing bucket, access
 //!   denied. Throttling, 5xx, timeouts and connection loss are retried
@@ -36,7 +40,9 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bus_schema::{ExportCommon, Message, S3TaskExecutorConfig, StreamDefinition};
 use export_runtime::aws::describe_call_error;
 use export_runtime::store::Store;
-use export_runtime::{BatchResult, Destination, Export, ExporterConfig, Limits, Outcome};
+use export_runtime::{
+    BatchResult, Destination, Export, ExporterConfig, Limits, Outcome, BANDWIDTH_WAIT_MS,
+};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
@@ -53,6 +59,7 @@ mod status {
     pub const FAILURE: i64 = 1;
     pub const IN_PROGRESS: i64 = 2;
     pub const WARNING: i64 = 3;
+    pub const CANCELED: i64 = 4;
 }
 /// `statusLevel` values: a message goes out when its level is at most the
 /// configured one.
@@ -74,9 +81,12 @@ struct S3 {
     store: Store,
     journal_dir: PathBuf,
     part_bytes: u64,
-    /// Per export, the task whose InProgress status went out (so a retried
-    /// task does not announce itself again).
-    announced: Mutex<HashMap<(String, String), i64>>,
+    /// The shared upload budget is in force (`STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH`).
+    capped: bool,
+    /// Per export, the task in progress whose InProgress status went out
+    /// (so a retried task does not announce itself again, and a deleted
+    /// export can report it Canceled).
+    announced: Mutex<HashMap<(String, String), (i64, Value)>>,
 }
 
 /// A multipart upload in progress, as the journal keeps it.
@@ -154,6 +164,27 @@ impl S3 {
         let _ = std::fs::remove_file(self.journal_path(export));
     }
 
+    /// Waits until the exporters' shared upload budget allows `bytes` more
+    /// (each part, or each whole small file, is one request).
+    async fn budget(&self, export: &Export<Target>, bytes: u64) -> Result<(), Failed> {
+        if !self.capped {
+            return Ok(());
+        }
+        loop {
+            match self
+                .store
+                .acquire_bandwidth(bytes as usize, export.priority(), BANDWIDTH_WAIT_MS)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == Some(bus_schema::ErrorKind::Busy) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(e) => return Err(Failed::Retry(format!("cannot get bandwidth: {e}"))),
+            }
+        }
+    }
+
     /// Appends a status message if the export wants this level.
     async fn report(
         &self,
@@ -228,6 +259,7 @@ impl S3 {
         }
         let client = self.client().await;
         if size <= export.target.threshold {
+            self.budget(export, size).await?;
             let body = ByteStream::read_from()
                 .path(&t.path)
                 .build()
@@ -351,6 +383,7 @@ impl S3 {
             file.seek(std::io::SeekFrom::Start((n as u64 - 1) * part_bytes))
                 .await
                 .map_err(|e| Failed::Retry(format!("cannot read {}: {e}", t.path.display())))?;
+            self.budget(export, len as u64).await?;
             // One part in memory at a time, handed to the SDK without a copy.
             let mut part = vec![0u8; len];
             file.read_exact(&mut part)
@@ -447,6 +480,31 @@ impl Destination for S3 {
         }
     }
 
+    /// A task in progress when its export (or stream) was deleted: its
+    /// multipart upload is aborted and it is reported Canceled.
+    async fn cancelled(&self, export: &Export<Target>) {
+        let key = (export.stream.clone(), export.identifier.clone());
+        let Some((seq, definition)) = self.announced.lock().ok().and_then(|mut a| a.remove(&key))
+        else {
+            return;
+        };
+        if let Some(j) = self
+            .read_journal(export)
+            .filter(|j| j.sequence_number == seq)
+        {
+            self.abort(&j).await;
+        }
+        self.clear_journal(export);
+        self.report(
+            export,
+            seq,
+            &definition,
+            (status::CANCELED, level::INFO),
+            "the export or its stream was deleted",
+        )
+        .await;
+    }
+
     async fn send(&self, export: &Export<Target>, records: &[Message]) -> BatchResult {
         let m = &records[0];
         let seq = m.sequence_number;
@@ -469,7 +527,11 @@ impl Destination for S3 {
         let first_attempt = self
             .announced
             .lock()
-            .map(|mut a| a.insert(key, seq) != Some(seq))
+            .map(|mut a| {
+                a.insert(key.clone(), (seq, t.definition.clone()))
+                    .map(|(s, _)| s)
+                    != Some(seq)
+            })
             .unwrap_or(true);
         if first_attempt {
             self.report(
@@ -481,7 +543,13 @@ impl Destination for S3 {
             )
             .await;
         }
-        match self.run_task(export, seq, &t).await {
+        let result = self.run_task(export, seq, &t).await;
+        if !matches!(result, Err(Failed::Retry(_))) {
+            if let Ok(mut a) = self.announced.lock() {
+                a.remove(&key);
+            }
+        }
+        match result {
             Ok(done) => {
                 self.report(
                     export,
@@ -547,6 +615,7 @@ fn main() -> std::process::ExitCode {
             store,
             journal_dir: config.root.join("export-s3"),
             part_bytes,
+            capped: config.bandwidth.is_some(),
             announced: Mutex::new(HashMap::new()),
         })
     })

@@ -432,3 +432,45 @@ fn endpoint_down_mid_upload_then_it_resumes() {
     assert_eq!(sha256(&body), sha256(&data));
     assert_eq!(s.s3.open_uploads("down-bucket"), 0);
 }
+
+#[test]
+fn a_task_in_progress_is_canceled_when_its_stream_is_deleted() {
+    let s = Setup::new(true);
+    s.s3.create_bucket("cancel-bucket");
+    s.store
+        .create(StreamDefinition::new("cst", StrategyOnFull::RejectNewData));
+    s.store.create(task_stream("c", Some("cst")));
+    let (big, _) = file_of(s.files.path(), "big.bin", 30 * 1024 * 1024);
+    let proxy = s.proxy.as_ref().unwrap();
+    // The endpoint is down: the task starts and cannot finish.
+    proxy.go_down();
+    s.store
+        .append("c", task(&big, "cancel-bucket", "big.bin", Value::Null));
+    let start = Instant::now();
+    while !messages(&s.store, "cst")
+        .iter()
+        .any(|m| m.contains("\"status\":2"))
+    {
+        assert!(start.elapsed() < WAIT, "the task never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = s
+        .store
+        .call(bus_schema::Request::DeleteStream { name: "c".into() });
+    assert_eq!(r, bus_schema::Response::Deleted);
+    let start = Instant::now();
+    let decoded = loop {
+        let decoded = decode_with_sdk(&messages(&s.store, "cst"));
+        if decoded.iter().any(|d| d["status"] == "Canceled") {
+            break decoded;
+        }
+        assert!(start.elapsed() < WAIT, "no Canceled status: {decoded:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    proxy.come_back();
+    let canceled = decoded.iter().find(|d| d["status"] == "Canceled").unwrap();
+    assert_eq!(canceled["sequence_number"], 0);
+    assert_eq!(canceled["stream"], "c");
+    assert_eq!(canceled["key"], "big.bin");
+    assert!(!decoded.iter().any(|d| d["status"] == "Success"));
+}

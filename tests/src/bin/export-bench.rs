@@ -1,7 +1,8 @@
 //! `export-bench`: how fast each exporter drains a backlog, against the
 //! capacity of the endpoint it drains into, measured in the same run. Use a
 //! release build:
-//! `cargo build --release --workspace --bins && ./target/release/export-bench [kinesis|sitewise|analytics|all] [--records N]`.
+//! `cargo build --release --workspace --bins && ./target/release/export-bench [kinesis|sitewise|analytics|s3|all] [--records N]`
+//! (for `s3`, N is the file size in bytes, default 1 GiB).
 //!
 //! For each destination:
 //! 1. Starts its local endpoint in this process (Kinesis: `fast_kinesis`,
@@ -629,6 +630,165 @@ fn run(name: &str, bench: &dyn Bench, records: u64) {
     println!();
 }
 
+/// S3: one file of `bytes`, uploaded by a direct multipart upload (the SDK,
+/// 5 MiB parts one after another, as the exporter sends them) and then by
+/// `export-s3` as a task, both to moto; the exporter's RSS is sampled.
+fn run_s3(bytes: u64) {
+    use stream_manager_tests::aws::Moto;
+    const PART: u64 = 5 * 1024 * 1024;
+    let moto = Moto::start();
+    let creds = aws_sdk_s3::config::Credentials::new("bench", "bench", None, None, "bench");
+    let client = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(creds)
+            .endpoint_url(moto.url())
+            .force_path_style(true)
+            .build(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(client.create_bucket().bucket("bench").send())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("input.bin");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..bytes.div_ceil(1 << 20) {
+            for b in chunk.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let size = std::fs::metadata(&path).unwrap().len();
+    let mib = size as f64 / (1024.0 * 1024.0);
+    println!("== S3: {mib:.0} MiB file, moto on {}", moto.url());
+    // Direct multipart upload.
+    let start = Instant::now();
+    rt.block_on(async {
+        use std::io::{Read, Seek, SeekFrom};
+        let id = client
+            .create_multipart_upload()
+            .bucket("bench")
+            .key("direct.bin")
+            .send()
+            .await
+            .unwrap()
+            .upload_id
+            .unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        let mut parts = Vec::new();
+        for n in 0..size.div_ceil(PART) {
+            let len = PART.min(size - n * PART) as usize;
+            let mut buf = vec![0u8; len];
+            f.seek(SeekFrom::Start(n * PART)).unwrap();
+            f.read_exact(&mut buf).unwrap();
+            let out = client
+                .upload_part()
+                .bucket("bench")
+                .key("direct.bin")
+                .upload_id(&id)
+                .part_number(n as i32 + 1)
+                .body(aws_sdk_s3::primitives::ByteStream::from(buf))
+                .send()
+                .await
+                .unwrap();
+            parts.push(
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(n as i32 + 1)
+                    .set_e_tag(out.e_tag)
+                    .build(),
+            );
+        }
+        client
+            .complete_multipart_upload()
+            .bucket("bench")
+            .key("direct.bin")
+            .upload_id(&id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    });
+    let direct = mib / start.elapsed().as_secs_f64();
+    println!("direct multipart upload: {direct:.1} MiB/s");
+    // The same file as an export task.
+    let store = StoreHarness::start(&[]);
+    let mut def = StreamDefinition::new("tasks", StrategyOnFull::RejectNewData);
+    def.exports.s3_task_executor = vec![bus_schema::S3TaskExecutorConfig {
+        common: ExportCommon {
+            identifier: "x".into(),
+            ..Default::default()
+        },
+        size_threshold_for_multipart_upload_bytes: None,
+        status_config: None,
+    }];
+    store.create(def);
+    let mut exporter: Child = store.exporter("export-s3", &aws_env(&moto.url()));
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = rss_kib(exporter.id());
+    let task = format!(
+        r#"{{"inputUrl":"file://{}","bucket":"bench","key":"exported.bin"}}"#,
+        path.display()
+    );
+    let start = Instant::now();
+    store.append("tasks", task.into_bytes());
+    let mut peak = idle;
+    while store
+        .export_status("tasks", "x")
+        .last_exported_sequence_number
+        < 0
+    {
+        peak = peak.max(rss_kib(exporter.id()));
+        assert!(
+            start.elapsed() < Duration::from_secs(1800),
+            "upload did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exported = mib / start.elapsed().as_secs_f64();
+    let st = store.export_status("tasks", "x");
+    kill9(&mut exporter);
+    let head = rt
+        .block_on(
+            client
+                .head_object()
+                .bucket("bench")
+                .key("exported.bin")
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(head.content_length(), Some(size as i64), "{st:?}");
+    println!();
+    println!("| figure | value | goal |");
+    println!("|---|---|---|");
+    println!("| direct multipart upload of {mib:.0} MiB to moto (SDK, 5 MiB parts in sequence) | {direct:.1} MiB/s | |");
+    println!(
+        "| export-s3 task of the same file | {exported:.1} MiB/s = {:.2} x direct | >= 0.8 x |",
+        exported / direct
+    );
+    println!(
+        "| export-s3 resident memory, idle / peak during the upload | {:.1} / {:.1} MiB | <= 64 MB |",
+        idle as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    println!();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let records: Option<u64> = args
@@ -646,6 +806,9 @@ fn main() {
     }
     if all || which == "sitewise" {
         run("IoT SiteWise", &SiteWise::new(), records.unwrap_or(100_000));
+    }
+    if all || which == "s3" {
+        run_s3(records.unwrap_or(1 << 30));
     }
     if all || which == "analytics" {
         run(
