@@ -427,6 +427,17 @@ impl S3 {
         ))
     }
 
+    /// Aborts the multipart upload of task `seq`, if one is in progress.
+    async fn abort_task_upload(&self, export: &Export<Target>, seq: i64) {
+        if let Some(j) = self
+            .read_journal(export)
+            .filter(|j| j.sequence_number == seq)
+        {
+            self.abort(&j).await;
+            self.clear_journal(export);
+        }
+    }
+
     async fn abort(&self, j: &Journal) {
         let r = self
             .client()
@@ -488,13 +499,7 @@ impl Destination for S3 {
         else {
             return;
         };
-        if let Some(j) = self
-            .read_journal(export)
-            .filter(|j| j.sequence_number == seq)
-        {
-            self.abort(&j).await;
-        }
-        self.clear_journal(export);
+        self.abort_task_upload(export, seq).await;
         self.report(
             export,
             seq,
@@ -562,13 +567,7 @@ impl Destination for S3 {
                 BatchResult::PerRecord(vec![Outcome::Delivered])
             }
             Err(Failed::Permanent(why)) => {
-                if let Some(j) = self
-                    .read_journal(export)
-                    .filter(|j| j.sequence_number == seq)
-                {
-                    self.abort(&j).await;
-                    self.clear_journal(export);
-                }
+                self.abort_task_upload(export, seq).await;
                 self.report(
                     export,
                     seq,

@@ -200,6 +200,20 @@ fn decode_with_sdk(payloads: &[String]) -> Vec<Value> {
         .collect()
 }
 
+/// Waits until `export-s3` has a multipart upload in progress (its journal
+/// exists).
+fn wait_for_multipart_journal(store: &StoreHarness) {
+    let journal_dir = store.root.path().join("export-s3");
+    let start = Instant::now();
+    while std::fs::read_dir(&journal_dir)
+        .map(|d| d.count() == 0)
+        .unwrap_or(true)
+    {
+        assert!(start.elapsed() < WAIT, "the multipart upload never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 struct Setup {
     exporter: std::process::Child,
     store: StoreHarness,
@@ -376,15 +390,7 @@ fn kill_9_during_a_multipart_upload_then_it_completes_with_nothing_left_open() {
     s.store
         .append("k", task(&big, "kill-bucket", "big.bin", Value::Null));
     // Kill once the upload is under way (its journal exists).
-    let journal_dir = s.store.root.path().join("export-s3");
-    let start = Instant::now();
-    while std::fs::read_dir(&journal_dir)
-        .map(|d| d.count() == 0)
-        .unwrap_or(true)
-    {
-        assert!(start.elapsed() < WAIT, "the multipart upload never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_multipart_journal(&s.store);
     std::thread::sleep(Duration::from_millis(300));
     kill9(&mut s.exporter);
     assert_eq!(
@@ -412,15 +418,7 @@ fn endpoint_down_mid_upload_then_it_resumes() {
     let (big, data) = file_of(s.files.path(), "big.bin", 40 * 1024 * 1024);
     s.store
         .append("d", task(&big, "down-bucket", "big.bin", Value::Null));
-    let journal_dir = s.store.root.path().join("export-s3");
-    let start = Instant::now();
-    while std::fs::read_dir(&journal_dir)
-        .map(|d| d.count() == 0)
-        .unwrap_or(true)
-    {
-        assert!(start.elapsed() < WAIT, "the multipart upload never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_multipart_journal(&s.store);
     let proxy = s.proxy.as_ref().unwrap();
     proxy.go_down();
     std::thread::sleep(Duration::from_secs(5));

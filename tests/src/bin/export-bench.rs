@@ -28,7 +28,7 @@ use bus_schema::{
 use stream_manager_tests::aws::aws_env;
 use stream_manager_tests::fake_iot::{analytics_client, sitewise_client, FakeIot};
 use stream_manager_tests::fast_kinesis::FastKinesis;
-use stream_manager_tests::{kill9, StoreHarness};
+use stream_manager_tests::{kill9, rss_kib, StoreHarness};
 
 const LOADGEN_CONCURRENCY: usize = 5;
 const LOADGEN_SECONDS: u64 = 10;
@@ -53,16 +53,6 @@ fn cpu_secs(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (ticks(14) + ticks(15)) / hz
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn unix_secs() -> i64 {
