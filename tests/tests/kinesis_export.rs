@@ -223,11 +223,15 @@ fn start_sequence_number_and_updates_while_running() {
 fn an_oversized_record_is_skipped_and_reported() {
     let s = Setup::new(&[], false);
     s.kinesis.create_stream("k-big", 1);
-    s.store
-        .create(definition("big", vec![export("k", "k-big")]));
+    // All three in one batch: the status shows the last batch's error.
+    let mut e = export("k", "k-big");
+    e.common.disabled = Some(true);
+    s.store.create(definition("big", vec![e.clone()]));
     s.store.append("big", payload(0));
     let big_seq = s.store.append("big", vec![7u8; 1024 * 1024]);
     s.store.append("big", payload(2));
+    e.common.disabled = Some(false);
+    s.store.update(definition("big", vec![e]));
     s.store.wait_exported("big", "k", 2, WAIT);
     assert_eq!(s.kinesis.read_all("k-big"), vec![payload(0), payload(2)]);
     let st = s.store.export_status("big", "k");
