@@ -153,17 +153,21 @@ fn task_stream(name: &str, status_stream: Option<&str>) -> StreamDefinition {
     d
 }
 
-/// Every message of `stream`, as text.
+/// Every message of `stream`, as text (none yet: empty).
 fn messages(store: &StoreHarness, stream: &str) -> Vec<String> {
-    match store.call(bus_schema::Request::Read {
-        stream: stream.into(),
-        start_sequence_number: Some(0),
-        min_count: Some(1),
-        max_count: Some(1000),
-        wait_ms: Some(0),
-        max_bytes: None,
-    }) {
-        bus_schema::Response::Messages(m) => m
+    let read = store.bus.call(
+        bus_schema::Request::Read {
+            stream: stream.into(),
+            start_sequence_number: Some(0),
+            min_count: Some(1),
+            max_count: Some(1000),
+            wait_ms: Some(0),
+            max_bytes: None,
+        },
+        Duration::from_secs(10),
+    );
+    match read {
+        Ok(bus_schema::Response::Messages(m)) => m
             .into_iter()
             .map(|m| String::from_utf8(m.payload).unwrap())
             .collect(),
