@@ -32,7 +32,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bus_schema::{ErrorKind, ExportCommon, ExportProgress, Message, StreamDefinition, StreamInfo};
 use tokio::sync::watch;
@@ -50,11 +50,6 @@ pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(60);
 /// How long a stopping exporter lets in-flight uploads finish and commit
 /// (the supervisor waits 5 s before it kills).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
-/// How long one bandwidth request waits in the store before asking again
-/// (a waiter that asks again queues behind newer ones: long waits keep that
-/// rare).
-pub const BANDWIDTH_WAIT_MS: i64 = 60_000;
-const BANDWIDTH_WAIT: Duration = Duration::from_millis(BANDWIDTH_WAIT_MS as u64);
 /// Sequence numbers an error message names at most.
 pub const ERROR_SEQUENCE_NUMBERS_MAX: usize = 10;
 /// Priority of exports that have none (after 10, the lowest settable).
@@ -252,6 +247,15 @@ impl ExporterConfig {
             .collect()),
         }
     }
+}
+
+/// FNV-1a, 64 bits: a hash that stays the same across versions and
+/// platforms, for names that must survive restarts (message ids, journal
+/// file names).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Capped exponential backoff with ±25% jitter.
@@ -976,17 +980,12 @@ impl<D: Destination> ExportWorker<D> {
             if self.shared.bandwidth.is_some() {
                 let mut stopping = self.shared.stopping.clone();
                 loop {
-                    let asked = Instant::now();
                     let granted = tokio::select! {
-                        g = self.shared.store.acquire_bandwidth(bytes, priority, BANDWIDTH_WAIT_MS) => g,
+                        g = self.shared.store.wait_for_bandwidth(bytes, priority) => g,
                         _ = stopping.wait_for(|s| *s) => return None,
                     };
                     match granted {
                         Ok(()) => break,
-                        // Waited its full time: ask again at once.
-                        Err(e)
-                            if e.kind() == Some(ErrorKind::Busy)
-                                && asked.elapsed() >= BANDWIDTH_WAIT / 2 => {}
                         Err(e) => {
                             // Refused at once (the store's queue is full) or
                             // unreachable: wait before asking again.
@@ -1257,6 +1256,13 @@ mod tests {
         assert!(b.next_delay() >= RETRY_DELAY_MAX.mul_f64(0.75));
         b.reset();
         assert!(b.next_delay() <= RETRY_DELAY_FIRST.mul_f64(1.25));
+    }
+
+    #[test]
+    fn stable_hash_is_fnv1a() {
+        // The FNV-1a reference values of "" and "a".
+        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

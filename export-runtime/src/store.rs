@@ -15,6 +15,11 @@ pub const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one change-event long poll waits for news.
 pub const WATCH_WAIT_MS: i64 = 30_000;
 
+/// How long one bandwidth request waits in the store before asking again
+/// (a waiter that asks again queues behind newer ones: long waits keep that
+/// rare).
+pub const BANDWIDTH_WAIT_MS: i64 = 60_000;
+
 /// Why a store call failed.
 #[derive(Debug)]
 pub enum StoreError {
@@ -169,6 +174,27 @@ impl Store {
                 sequence_number, ..
             } => Ok(sequence_number),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// Waits as long as it takes until the shared upload budget allows
+    /// `bytes` more, asking again after each full wait. A refusal at once
+    /// (the store's queue of waiters is full) or an unavailable store comes
+    /// back as the error: the caller backs off.
+    pub async fn wait_for_bandwidth(&self, bytes: usize, priority: i64) -> Result<(), StoreError> {
+        loop {
+            let asked = std::time::Instant::now();
+            match self
+                .acquire_bandwidth(bytes, priority, BANDWIDTH_WAIT_MS)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if e.kind() == Some(ErrorKind::Busy)
+                        && asked.elapsed()
+                            >= Duration::from_millis(BANDWIDTH_WAIT_MS as u64 / 2) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 

@@ -40,9 +40,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bus_schema::{ExportCommon, Message, S3TaskExecutorConfig, StreamDefinition};
 use export_runtime::aws::describe_call_error;
 use export_runtime::store::Store;
-use export_runtime::{
-    BatchResult, Destination, Export, ExporterConfig, Limits, Outcome, BANDWIDTH_WAIT_MS,
-};
+use export_runtime::{BatchResult, Destination, Export, ExporterConfig, Limits, Outcome};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
@@ -117,12 +115,6 @@ fn s3_failure<E: ProvideErrorMetadata + std::error::Error>(what: &str, e: &E) ->
     }
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 impl S3 {
     async fn client(&self) -> &aws_sdk_s3::Client {
         self.client
@@ -141,7 +133,9 @@ impl S3 {
     }
 
     fn journal_path(&self, export: &Export<Target>) -> PathBuf {
-        let id = fnv1a(format!("{}\n{}", export.stream, export.identifier).as_bytes());
+        let id = export_runtime::stable_hash(
+            format!("{}\n{}", export.stream, export.identifier).as_bytes(),
+        );
         self.journal_dir.join(format!("{id:016x}.json"))
     }
 
@@ -170,19 +164,10 @@ impl S3 {
         if !self.capped {
             return Ok(());
         }
-        loop {
-            match self
-                .store
-                .acquire_bandwidth(bytes as usize, export.priority(), BANDWIDTH_WAIT_MS)
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == Some(bus_schema::ErrorKind::Busy) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
-                }
-                Err(e) => return Err(Failed::Retry(format!("cannot get bandwidth: {e}"))),
-            }
-        }
+        self.store
+            .wait_for_bandwidth(bytes as usize, export.priority())
+            .await
+            .map_err(|e| Failed::Retry(format!("cannot get bandwidth: {e}")))
     }
 
     /// Appends a status message if the export wants this level.

@@ -82,6 +82,36 @@ pub fn aws_env(endpoint: &str) -> Vec<(String, String)> {
     .collect()
 }
 
+/// A Kinesis SDK client for a local endpoint: us-east-1, test credentials.
+pub fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
+    use aws_sdk_kinesis::config;
+    let creds = config::Credentials::new("testing", "testing", None, None, "test");
+    aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::Config::builder()
+            .behavior_version(config::BehaviorVersion::latest())
+            .region(config::Region::new("us-east-1"))
+            .credentials_provider(creds)
+            .endpoint_url(endpoint)
+            .build(),
+    )
+}
+
+/// An S3 SDK client for a local endpoint: us-east-1, test credentials,
+/// path-style addressing.
+pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config;
+    let creds = config::Credentials::new("testing", "testing", None, None, "test");
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(config::BehaviorVersion::latest())
+            .region(config::Region::new("us-east-1"))
+            .credentials_provider(creds)
+            .endpoint_url(endpoint)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
 /// A blocking Kinesis client for tests.
 pub struct KinesisClient {
     rt: tokio::runtime::Runtime,
@@ -94,17 +124,9 @@ impl KinesisClient {
             .enable_all()
             .build()
             .expect("runtime");
-        let creds =
-            aws_sdk_kinesis::config::Credentials::new("testing", "testing", None, None, "test");
-        let config = aws_sdk_kinesis::Config::builder()
-            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
-            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
-            .credentials_provider(creds)
-            .endpoint_url(endpoint)
-            .build();
         Self {
             rt,
-            client: aws_sdk_kinesis::Client::from_conf(config),
+            client: kinesis_client(endpoint),
         }
     }
 

@@ -40,7 +40,7 @@
 //! - `POST /_fake/aliases` with `{"assetId", "propertyId", "alias"}`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,7 +50,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::http::{header, read_message};
+use crate::http::{header, next_request};
 
 /// Recorded requests kept at most; the oldest are forgotten first.
 pub const MAX_RECORDED_REQUESTS: usize = 100_000;
@@ -670,30 +670,9 @@ fn serve(conn: TcpStream, shared: &Shared) {
     };
     let mut reader = BufReader::new(conn);
     loop {
-        // Wait for the next request, closing when the fake stops.
-        let _ = reader
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_millis(200)));
-        loop {
-            if shared.stop.load(Ordering::SeqCst) {
-                let _ = out.shutdown(Shutdown::Both);
-                return;
-            }
-            match reader.fill_buf() {
-                Ok([]) => return,
-                Ok(_) => break,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return,
-            }
-        }
-        let _ = reader
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_secs(30)));
-        let Some((head, body)) = read_message(&mut reader) else {
+        // The next request, closing when the fake stops.
+        let stopped = || shared.stop.load(Ordering::SeqCst);
+        let Some((head, body)) = next_request(&mut reader, stopped) else {
             return;
         };
         let close = header(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
@@ -1758,39 +1737,6 @@ fn fault_from_json(v: &Value) -> Result<Fault, String> {
 // ---------------------------------------------------------------------------
 // SDK clients for tests
 
-/// Removes the `data.` / `api.` host prefix the SiteWise SDK puts in front of
-/// the endpoint, so requests reach a local endpoint such as this fake.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StripHostPrefix;
-
-/// `uri` without a leading `data.` or `api.` on its host, if it has one.
-pub fn strip_host_prefix(uri: &str) -> Option<String> {
-    let (scheme, rest) = uri.split_once("://")?;
-    let rest = rest
-        .strip_prefix("data.")
-        .or_else(|| rest.strip_prefix("api."))?;
-    Some(format!("{scheme}://{rest}"))
-}
-
-impl aws_sdk_iotsitewise::config::Intercept for StripHostPrefix {
-    fn name(&self) -> &'static str {
-        "StripHostPrefix"
-    }
-
-    fn modify_before_signing(
-        &self,
-        context: &mut aws_sdk_iotsitewise::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
-        _components: &aws_sdk_iotsitewise::config::RuntimeComponents,
-        _cfg: &mut aws_sdk_iotsitewise::config::ConfigBag,
-    ) -> Result<(), aws_sdk_iotsitewise::error::BoxError> {
-        let request = context.request_mut();
-        if let Some(uri) = strip_host_prefix(request.uri()) {
-            request.set_uri(uri)?;
-        }
-        Ok(())
-    }
-}
-
 /// An IoT Analytics client for `endpoint`: us-east-1, static test
 /// credentials, no retries (a test sees each fault as injected).
 pub fn analytics_client(endpoint: &str) -> aws_sdk_iotanalytics::Client {
@@ -1817,7 +1763,7 @@ pub fn sitewise_client(endpoint: &str) -> aws_sdk_iotsitewise::Client {
         .credentials_provider(creds)
         .endpoint_url(endpoint)
         .retry_config(config::retry::RetryConfig::disabled())
-        .interceptor(StripHostPrefix)
+        .interceptor(export_runtime::aws::LocalEndpointHostPrefix)
         .build();
     aws_sdk_iotsitewise::Client::from_conf(conf)
 }
@@ -2064,18 +2010,5 @@ mod tests {
         );
         assert_eq!(parse_datetime("2026-13-26T09:00:00Z"), None);
         assert_eq!(parse_amz_date("20261126T090000Z"), Some(1_795_683_600));
-    }
-
-    #[test]
-    fn host_prefix_is_stripped() {
-        assert_eq!(
-            strip_host_prefix("http://data.127.0.0.1:9/properties").as_deref(),
-            Some("http://127.0.0.1:9/properties")
-        );
-        assert_eq!(
-            strip_host_prefix("http://api.127.0.0.1:9/assets").as_deref(),
-            Some("http://127.0.0.1:9/assets")
-        );
-        assert_eq!(strip_host_prefix("http://127.0.0.1:9/assets"), None);
     }
 }

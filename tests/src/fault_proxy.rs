@@ -5,9 +5,9 @@
 //! connections) and come back on the same port.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 
-use crate::http::{header, read_message};
+use crate::http::{header, next_request, read_message};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -175,40 +175,19 @@ fn serve(
     generation: Arc<AtomicU64>,
     born: u64,
 ) {
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
     let mut client = conn.try_clone().expect("clone");
     let mut reader = BufReader::new(conn);
+    let gone = || generation.load(Ordering::SeqCst) != born;
     loop {
-        // Wait for the next request, closing if the proxy went down.
-        loop {
-            if generation.load(Ordering::SeqCst) != born {
-                let _ = client.shutdown(Shutdown::Both);
-                return;
-            }
-            match reader.fill_buf() {
-                Ok([]) => return,
-                Ok(_) => break,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return,
-            }
-        }
-        let _ = reader
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_secs(30)));
-        let Some((head, body)) = read_message(&mut reader) else {
+        // The next request, closing if the proxy went down (also while it
+        // was being read).
+        let Some((head, body)) = next_request(&mut reader, gone) else {
             return;
         };
-        if generation.load(Ordering::SeqCst) != born {
+        if gone() {
             let _ = client.shutdown(Shutdown::Both);
             return;
         }
-        let _ = reader
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_millis(200)));
         let is_put = header(&head, "x-amz-target").is_some_and(|t| t.ends_with(".PutRecords"));
         let fault = if is_put {
             state.lock().unwrap().faults.pop_front()

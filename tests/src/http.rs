@@ -2,7 +2,8 @@
 //! `Content-Length` body at a time.
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
 
 /// The value of header `name` (any case) in a message head.
 pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
@@ -35,4 +36,36 @@ pub fn read_message(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
     let mut body = vec![0; len];
     r.read_exact(&mut body).ok()?;
     Some((head, body))
+}
+
+/// Waits for the next request on a keep-alive connection and reads it,
+/// checking `stop` every 200 ms while idle (then the connection is shut
+/// down). `None` at EOF, on a broken connection, or when stopped.
+pub fn next_request(
+    reader: &mut BufReader<TcpStream>,
+    stop: impl Fn() -> bool,
+) -> Option<(String, Vec<u8>)> {
+    let _ = reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)));
+    loop {
+        if stop() {
+            let _ = reader.get_ref().shutdown(Shutdown::Both);
+            return None;
+        }
+        match reader.fill_buf() {
+            Ok([]) => return None,
+            Ok(_) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return None,
+        }
+    }
+    let _ = reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(30)));
+    read_message(reader)
 }

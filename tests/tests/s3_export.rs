@@ -13,7 +13,7 @@ use bus_schema::{
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use stream_manager_tests::aws::{aws_env, Moto};
+use stream_manager_tests::aws::{aws_env, s3_client, Moto};
 use stream_manager_tests::fault_proxy::FaultProxy;
 use stream_manager_tests::{kill9, python, StoreHarness};
 
@@ -26,20 +26,12 @@ struct S3Client {
 
 impl S3Client {
     fn new(endpoint: &str) -> Self {
-        let creds = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "test");
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .credentials_provider(creds)
-            .endpoint_url(endpoint)
-            .force_path_style(true)
-            .build();
         Self {
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap(),
-            client: aws_sdk_s3::Client::from_conf(config),
+            client: s3_client(endpoint),
         }
     }
 

@@ -25,7 +25,7 @@ use bus_schema::{
     ExportCommon, IotAnalyticsConfig, IotSiteWiseConfig, KinesisConfig, StrategyOnFull,
     StreamDefinition,
 };
-use stream_manager_tests::aws::aws_env;
+use stream_manager_tests::aws::{aws_env, kinesis_client, s3_client};
 use stream_manager_tests::fake_iot::{analytics_client, sitewise_client, FakeIot};
 use stream_manager_tests::fast_kinesis::FastKinesis;
 use stream_manager_tests::{kill9, rss_kib, StoreHarness};
@@ -95,16 +95,8 @@ struct Kinesis {
 impl Kinesis {
     fn new() -> Self {
         let fake = FastKinesis::start();
-        let creds =
-            aws_sdk_kinesis::config::Credentials::new("bench", "bench", None, None, "bench");
-        let config = aws_sdk_kinesis::Config::builder()
-            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
-            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
-            .credentials_provider(creds)
-            .endpoint_url(fake.url())
-            .build();
         Self {
-            client: aws_sdk_kinesis::Client::from_conf(config),
+            client: kinesis_client(&fake.url()),
             fake,
         }
     }
@@ -627,16 +619,7 @@ fn run_s3(bytes: u64) {
     use stream_manager_tests::aws::Moto;
     const PART: u64 = 5 * 1024 * 1024;
     let moto = Moto::start();
-    let creds = aws_sdk_s3::config::Credentials::new("bench", "bench", None, None, "bench");
-    let client = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .credentials_provider(creds)
-            .endpoint_url(moto.url())
-            .force_path_style(true)
-            .build(),
-    );
+    let client = s3_client(&moto.url());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
