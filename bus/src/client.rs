@@ -1,17 +1,20 @@
-//! The calling side of the bus: a DEALER socket owned by one I/O thread.
+//! The calling side of the bus: a DEALER socket driven by one async task.
 //!
 //! Callers (threads or async tasks) encode their request, put it on a bounded
-//! queue and wait on a oneshot for the reply. The I/O thread sends, matches
+//! queue and wait on a oneshot for the reply. The driver task sends, matches
 //! replies by id, and fails every request whose deadline passes. Because the
 //! pending set is bounded by `max_in_flight` and the queue by the same number,
 //! a store that stops answering makes callers wait (back-pressure) and then
 //! time out; nothing grows without limit.
+//!
+//! The driver waits on the socket's ZeroMQ notification descriptor
+//! (`ZMQ_FD`) through the tokio reactor. [`BusClient::connect_in_runtime`]
+//! runs it on the caller's own runtime, so a request and its reply cost no
+//! thread switch inside the process (the ingest, the exporters);
+//! [`BusClient::connect`] gives it a thread of its own, for blocking callers.
 
-use std::collections::{BinaryHeap, HashMap};
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,7 @@ use bus_schema::{
     decode, encode, Request, RequestEnvelope, Response, ResponseEnvelope, BUS_MESSAGE_BYTES_MAX,
     BUS_PROTOCOL_VERSION,
 };
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{check_endpoint, unix_ms, BusError};
@@ -56,45 +60,49 @@ struct Outgoing {
 
 struct Shared {
     tx: mpsc::Sender<Outgoing>,
-    wake: UnixStream,
     next_id: AtomicU64,
-    stop: AtomicBool,
-    /// Set by the I/O thread just before it blocks in poll; a caller that
-    /// finds it set writes the wake-up byte. Saves a syscall per request
-    /// while the I/O thread is busy anyway.
-    io_sleeping: AtomicBool,
 }
 
-impl Shared {
-    fn wake(&self) {
-        if self.io_sleeping.swap(false, Ordering::SeqCst) {
-            self.wake_now();
-        }
-    }
-
-    fn wake_now(&self) {
-        // A full wake pipe already guarantees a wake-up; nothing else to do.
-        let _ = (&self.wake).write(&[1]);
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.wake_now();
-    }
-}
-
-/// A handle to the bus; cheap to clone, usable from any thread or task.
+/// A handle to the bus; cheap to clone, usable from any thread or task. The
+/// driver stops (failing what is still pending with [`BusError::Closed`])
+/// when the last handle is dropped.
 #[derive(Clone)]
 pub struct BusClient {
     shared: Arc<Shared>,
 }
 
 impl BusClient {
-    /// Connects to `endpoint` (the peer need not be up yet: ZeroMQ keeps
-    /// trying, and requests wait until their deadline).
+    /// Connects to `endpoint` with a driver thread of its own (the peer need
+    /// not be up yet: ZeroMQ keeps trying, and requests wait until their
+    /// deadline). For blocking callers and for runtimes that come and go.
     pub fn connect(endpoint: &str, config: BusClientConfig) -> Result<Self, BusError> {
+        let (client, driver) = Self::open(endpoint, config)?;
+        let thread_error = |e: std::io::Error| BusError::Endpoint {
+            endpoint: endpoint.to_string(),
+            reason: format!("cannot start the bus driver thread: {e}"),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(thread_error)?;
+        std::thread::Builder::new()
+            .name("bus-client".into())
+            .spawn(move || runtime.block_on(driver.run()))
+            .map_err(thread_error)?;
+        Ok(client)
+    }
+
+    /// Connects to `endpoint` with the driver as a task of the current tokio
+    /// runtime: no thread of its own, no thread switch per request. The
+    /// client stops working when that runtime shuts down. Panics outside a
+    /// runtime.
+    pub fn connect_in_runtime(endpoint: &str, config: BusClientConfig) -> Result<Self, BusError> {
+        let (client, driver) = Self::open(endpoint, config)?;
+        tokio::spawn(driver.run());
+        Ok(client)
+    }
+
+    fn open(endpoint: &str, config: BusClientConfig) -> Result<(Self, Driver), BusError> {
         check_endpoint(endpoint)?;
         let max_in_flight = config.max_in_flight.max(1);
         let ctx = zmq::Context::new();
@@ -112,7 +120,7 @@ impl BusClient {
             socket.connect(endpoint)
         };
         setup().map_err(|e| BusError::zmq(endpoint, e))?;
-        // Disconnect events tell the I/O thread that requests in flight were
+        // Disconnect events tell the driver that requests in flight were
         // lost with the peer, so they fail now instead of at their deadline.
         static MONITORS: AtomicU64 = AtomicU64::new(0);
         let monitor_endpoint = format!(
@@ -128,45 +136,25 @@ impl BusClient {
             Ok(m)
         })()
         .map_err(|e| BusError::zmq(endpoint, e))?;
-        let (wake_tx, wake_rx) = UnixStream::pair().map_err(|e| BusError::Endpoint {
-            endpoint: endpoint.to_string(),
-            reason: format!("cannot create wake-up socket pair: {e}"),
-        })?;
-        for s in [&wake_tx, &wake_rx] {
-            s.set_nonblocking(true).map_err(|e| BusError::Endpoint {
-                endpoint: endpoint.to_string(),
-                reason: format!("cannot set wake-up socket non-blocking: {e}"),
-            })?;
-        }
         let (tx, rx) = mpsc::channel(max_in_flight);
-        let shared = Arc::new(Shared {
-            tx,
-            wake: wake_tx,
-            next_id: AtomicU64::new(1),
-            stop: AtomicBool::new(false),
-            io_sleeping: AtomicBool::new(false),
-        });
-        let io = IoThread {
+        let client = Self {
+            shared: Arc::new(Shared {
+                tx,
+                next_id: AtomicU64::new(1),
+            }),
+        };
+        let driver = Driver {
             endpoint: endpoint.to_string(),
             socket,
             monitor,
-            _ctx: ctx,
+            ctx,
             rx,
-            wake: wake_rx,
-            queued: std::collections::VecDeque::new(),
+            queued: VecDeque::new(),
             pending: HashMap::new(),
             deadlines: BinaryHeap::new(),
             max_in_flight,
-            shared: Arc::downgrade(&shared),
         };
-        std::thread::Builder::new()
-            .name("bus-client".into())
-            .spawn(move || io.run())
-            .map_err(|e| BusError::Endpoint {
-                endpoint: endpoint.to_string(),
-                reason: format!("cannot start bus I/O thread: {e}"),
-            })?;
-        Ok(Self { shared })
+        Ok((client, driver))
     }
 
     fn prepare(
@@ -213,7 +201,6 @@ impl BusClient {
                 }
             }
         }
-        self.shared.wake();
         flatten(rx.blocking_recv())
     }
 
@@ -224,11 +211,10 @@ impl BusClient {
 
     /// Queues a request now and returns a handle to await its reply later.
     /// Requests submitted one after another from one task reach the store in
-    /// that order (one queue, one socket, one I/O thread).
+    /// that order (one queue, one socket, one driver).
     pub async fn submit(&self, body: Request, timeout: Duration) -> Result<PendingReply, BusError> {
         let (out, rx) = self.prepare(body, timeout)?;
         enqueue(&self.shared.tx, out, timeout).await?;
-        self.shared.wake();
         Ok(PendingReply { rx })
     }
 }
@@ -239,7 +225,7 @@ pub struct PendingReply {
 }
 
 impl PendingReply {
-    /// Waits for the reply (or the request's timeout, which the I/O thread
+    /// Waits for the reply (or the request's timeout, which the driver
     /// enforces).
     pub async fn wait(self) -> Result<Response, BusError> {
         flatten(self.rx.await)
@@ -281,100 +267,159 @@ struct Pending {
     timeout: Duration,
 }
 
-struct IoThread {
+/// Owns the sockets; runs as one task (see the module comment).
+struct Driver {
     endpoint: String,
     socket: zmq::Socket,
     monitor: zmq::Socket,
-    _ctx: zmq::Context,
+    ctx: zmq::Context,
     rx: mpsc::Receiver<Outgoing>,
-    wake: UnixStream,
     /// Taken off the channel, not sent yet (pending was full); bounded by
     /// `max_in_flight`, expired at their own deadlines.
-    queued: std::collections::VecDeque<Outgoing>,
+    queued: VecDeque<Outgoing>,
     pending: HashMap<u64, Pending>,
     /// Min-heap of (deadline, id); entries of answered requests are skipped.
     deadlines: BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
     max_in_flight: usize,
-    shared: std::sync::Weak<Shared>,
 }
 
-impl IoThread {
-    fn run(mut self) {
-        loop {
-            if self
-                .shared
-                .upgrade()
-                .is_none_or(|s| s.stop.load(Ordering::SeqCst))
-            {
-                self.fail_all(|| BusError::Closed);
+/// Has the ZeroMQ socket behind `fd` something to receive? Reading
+/// `ZMQ_EVENTS` also consumes the notification descriptor's signal, so this
+/// must be asked after every send or receive, before waiting on the
+/// descriptor again.
+fn readable(socket: &zmq::Socket) -> bool {
+    socket
+        .get_events()
+        .is_ok_and(|e| e.contains(zmq::POLLIN))
+}
+
+/// A socket's notification descriptor (`ZMQ_FD`), owned by the socket.
+struct NotifyFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for NotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+/// A socket and its notification descriptor registered with the reactor.
+/// Field order matters: the registration drops (deregisters) before the
+/// socket closes the descriptor.
+struct Watched {
+    fd: AsyncFd<NotifyFd>,
+    socket: zmq::Socket,
+}
+
+/// Registers a socket's notification descriptor with the reactor.
+fn watch(socket: zmq::Socket) -> std::io::Result<Watched> {
+    let raw = socket.get_fd().map_err(std::io::Error::from)?;
+    // SAFETY: `ZMQ_FD` belongs to the socket and stays open and the same
+    // until the socket is closed; `Watched` drops this registration before
+    // the socket.
+    let fd = unsafe { AsyncFd::register_with_interest(NotifyFd(raw), tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
+    Ok(Watched { fd, socket })
+}
+
+impl Driver {
+    async fn run(self) {
+        let Driver {
+            endpoint,
+            socket,
+            monitor,
+            ctx,
+            rx,
+            queued,
+            pending,
+            deadlines,
+            max_in_flight,
+        } = self;
+        // The sockets move into the reactor's registrations (they are
+        // deregistered, then closed, when these drop).
+        let (socket, monitor) = match (watch(socket), watch(monitor)) {
+            (Ok(s), Ok(m)) => (s, m),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(%endpoint, error = %e, "cannot watch the bus socket");
                 return;
             }
-            self.take_submissions();
-            self.expire(Instant::now());
-            let mut timeout_ms = self.next_timeout_ms();
-            // Announce the sleep, then look once more: a request queued
-            // before the flag was set must not wait for the poll timeout.
-            if let Some(shared) = self.shared.upgrade() {
-                shared.io_sleeping.store(true, Ordering::SeqCst);
-            }
-            if !self.rx.is_empty()
-                && (self.pending.len() < self.max_in_flight
-                    || self.queued.len() < self.max_in_flight)
-            {
-                timeout_ms = 0;
-            }
-            let (socket_ready, wake_ready, monitor_ready) = {
-                let mut items = [
-                    self.socket.as_poll_item(zmq::POLLIN),
-                    zmq::PollItem::from_fd(self.wake.as_raw_fd(), zmq::POLLIN),
-                    self.monitor.as_poll_item(zmq::POLLIN),
-                ];
-                match zmq::poll(&mut items, timeout_ms) {
-                    Ok(_) | Err(zmq::Error::EINTR) => {}
-                    Err(e) => {
-                        tracing::error!(endpoint = %self.endpoint, error = %e, "bus poll failed");
+        };
+        let mut state = State {
+            endpoint,
+            socket,
+            monitor,
+            rx,
+            queued,
+            pending,
+            deadlines,
+            max_in_flight,
+        };
+        state.run().await;
+        drop(state);
+        drop(ctx);
+    }
+}
+
+struct State {
+    endpoint: String,
+    socket: Watched,
+    monitor: Watched,
+    rx: mpsc::Receiver<Outgoing>,
+    queued: VecDeque<Outgoing>,
+    pending: HashMap<u64, Pending>,
+    deadlines: BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
+    max_in_flight: usize,
+}
+
+impl State {
+    async fn run(&mut self) {
+        loop {
+            // Everything that can be done without waiting, then wait for
+            // whichever comes first: a submission, a reply, a disconnect,
+            // the next deadline.
+            while self.queued.len() < self.max_in_flight {
+                match self.rx.try_recv() {
+                    Ok(out) => self.queued.push_back(out),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        // Every handle is gone: nobody is left to answer.
                         self.fail_all(|| BusError::Closed);
                         return;
                     }
                 }
-                (
-                    items[0].is_readable(),
-                    items[1].is_readable(),
-                    items[2].is_readable(),
-                )
-            };
-            if let Some(shared) = self.shared.upgrade() {
-                shared.io_sleeping.store(false, Ordering::SeqCst);
             }
-            if wake_ready {
-                let mut buf = [0u8; 256];
-                while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
-            }
-            if socket_ready {
-                self.receive_replies();
-            }
-            if monitor_ready {
-                let mut lost = false;
-                while let Ok(parts) = self.monitor.recv_multipart(zmq::DONTWAIT) {
-                    let event = parts
-                        .first()
-                        .and_then(|f| f.get(..2))
-                        .map(|b| u16::from_le_bytes([b[0], b[1]]));
-                    lost |= event == Some(zmq::SocketEvent::DISCONNECTED as u16);
-                }
-                if lost {
-                    // Replies still queued were read above; whatever is
-                    // still pending went down with the peer.
-                    tracing::warn!(endpoint = %self.endpoint, pending = self.pending.len(), "store connection lost");
-                    for (_, p) in self.pending.drain() {
-                        let _ = p.reply.send(Err(BusError::PeerLost));
+            self.send_queued();
+            self.receive_replies();
+            self.check_monitor();
+            self.expire(Instant::now());
+            let next_deadline = self.next_deadline();
+            let room = self.queued.len() < self.max_in_flight;
+            tokio::select! {
+                r = self.socket.fd.readable() => match r {
+                    Ok(mut guard) => guard.clear_ready(),
+                    Err(e) => {
+                        tracing::error!(endpoint = %self.endpoint, error = %e, "bus socket cannot be watched");
+                        self.fail_all(|| BusError::Closed);
+                        return;
+                    }
+                },
+                r = self.monitor.fd.readable() => {
+                    if let Ok(mut guard) = r {
+                        guard.clear_ready();
                     }
                 }
+                out = self.rx.recv(), if room => match out {
+                    Some(out) => self.queued.push_back(out),
+                    None => {
+                        self.fail_all(|| BusError::Closed);
+                        return;
+                    }
+                },
+                _ = sleep_until(next_deadline) => {}
             }
         }
     }
 
-    fn next_timeout_ms(&mut self) -> i64 {
+    fn next_deadline(&mut self) -> Option<Instant> {
         let mut next = self.queued.iter().map(|o| o.deadline).min();
         while let Some(std::cmp::Reverse((deadline, id))) = self.deadlines.peek().copied() {
             if self.pending.contains_key(&id) {
@@ -383,19 +428,10 @@ impl IoThread {
             }
             self.deadlines.pop();
         }
-        // Round up so we do not spin just before the deadline.
-        next.map_or(-1, |d| {
-            d.saturating_duration_since(Instant::now()).as_millis() as i64 + 1
-        })
+        next
     }
 
-    fn take_submissions(&mut self) {
-        while self.queued.len() < self.max_in_flight {
-            match self.rx.try_recv() {
-                Ok(out) => self.queued.push_back(out),
-                Err(_) => break,
-            }
-        }
+    fn send_queued(&mut self) {
         if self.pending.len() >= self.max_in_flight {
             // Callers that gave up (dropped their reply) free their slot.
             self.pending.retain(|_, p| !p.reply.is_closed());
@@ -411,7 +447,7 @@ impl IoThread {
                 let _ = out.reply.send(Err(BusError::Timeout(out.timeout)));
                 continue;
             }
-            match self.socket.send(out.bytes, zmq::DONTWAIT) {
+            match self.socket.socket.send(out.bytes, zmq::DONTWAIT) {
                 Ok(()) => {
                     self.deadlines
                         .push(std::cmp::Reverse((out.deadline, out.id)));
@@ -437,38 +473,41 @@ impl IoThread {
     }
 
     fn receive_replies(&mut self) {
-        loop {
-            let bytes = match self.socket.recv_bytes(zmq::DONTWAIT) {
-                Ok(bytes) => bytes,
-                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return,
-                Err(e) => {
-                    tracing::warn!(endpoint = %self.endpoint, error = %e, "bus receive failed");
-                    return;
-                }
-            };
-            let envelope: ResponseEnvelope = match decode(&bytes) {
-                Ok(envelope) => envelope,
-                Err(e) => {
-                    match bus_schema::decode_header(&bytes) {
-                        Ok(h) => {
-                            if let Some(p) = self.pending.remove(&h.id) {
-                                let _ = p.reply.send(Err(BusError::Codec(e)));
-                            }
-                        }
-                        Err(_) => {
-                            tracing::warn!(endpoint = %self.endpoint, error = %e, "undecodable bus reply dropped")
-                        }
+        let socket = &self.socket.socket;
+        while readable(socket) {
+            loop {
+                let bytes = match socket.recv_bytes(zmq::DONTWAIT) {
+                    Ok(bytes) => bytes,
+                    Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
+                    Err(e) => {
+                        tracing::warn!(endpoint = %self.endpoint, error = %e, "bus receive failed");
+                        break;
                     }
-                    continue;
-                }
-            };
-            match self.pending.remove(&envelope.id) {
-                Some(p) => {
-                    let _ = p.reply.send(Ok(envelope.body));
-                }
-                None => {
-                    tracing::debug!(id = envelope.id, "late bus reply dropped");
-                }
+                };
+                deliver(&self.endpoint, &mut self.pending, &bytes);
+            }
+        }
+    }
+
+    fn check_monitor(&mut self) {
+        let monitor = &self.monitor.socket;
+        let mut lost = false;
+        while readable(monitor) {
+            while let Ok(parts) = monitor.recv_multipart(zmq::DONTWAIT) {
+                let event = parts
+                    .first()
+                    .and_then(|f| f.get(..2))
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]));
+                lost |= event == Some(zmq::SocketEvent::DISCONNECTED as u16);
+            }
+        }
+        if lost {
+            // Replies that arrived before the break were delivered above;
+            // whatever is still pending went down with the peer.
+            self.receive_replies();
+            tracing::warn!(endpoint = %self.endpoint, pending = self.pending.len(), "store connection lost");
+            for (_, p) in self.pending.drain() {
+                let _ = p.reply.send(Err(BusError::PeerLost));
             }
         }
     }
@@ -504,5 +543,39 @@ impl IoThread {
         while let Ok(out) = self.rx.try_recv() {
             let _ = out.reply.send(Err(error()));
         }
+    }
+}
+
+/// Hands one reply to whoever waits for it.
+fn deliver(endpoint: &str, pending: &mut HashMap<u64, Pending>, bytes: &[u8]) {
+    let envelope: ResponseEnvelope = match decode(bytes) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            match bus_schema::decode_header(bytes) {
+                Ok(h) => {
+                    if let Some(p) = pending.remove(&h.id) {
+                        let _ = p.reply.send(Err(BusError::Codec(e)));
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(%endpoint, error = %e, "undecodable bus reply dropped")
+                }
+            }
+            return;
+        }
+    };
+    match pending.remove(&envelope.id) {
+        Some(p) => {
+            let _ = p.reply.send(Ok(envelope.body));
+        }
+        None => tracing::debug!(id = envelope.id, "late bus reply dropped"),
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
 
 async fn run(config: IngestConfig) -> anyhow::Result<()> {
     use anyhow::Context;
-    let bus = bus::BusClient::connect(
+    let bus = bus::BusClient::connect_in_runtime(
         &bus::store_endpoint(&config.root),
         bus::BusClientConfig::default(),
     )?;

@@ -28,32 +28,11 @@ use bus_schema::{
 use stream_manager_tests::aws::{aws_env, kinesis_client, s3_client};
 use stream_manager_tests::fake_iot::{analytics_client, sitewise_client, FakeIot};
 use stream_manager_tests::fast_kinesis::FastKinesis;
-use stream_manager_tests::{kill9, rss_kib, StoreHarness};
+use stream_manager_tests::{cpu_secs, kill9, rss_kib, StoreHarness};
 
 const LOADGEN_CONCURRENCY: usize = 5;
 const LOADGEN_SECONDS: u64 = 10;
 const FILL_THREADS: usize = 8;
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    // After the name: state is field 3; utime and stime are fields 14, 15.
-    let ticks = |i: usize| {
-        fields
-            .get(i - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(14) + ticks(15)) / hz
-}
 
 fn unix_secs() -> i64 {
     (bus::unix_ms() / 1000) as i64

@@ -1,0 +1,429 @@
+//! `ingest-bench run [--quick]`: the ingest benchmark of README. Use a
+//! release build: `cargo build --release --workspace --bins &&
+//! ./target/release/ingest-bench run`. Starts a real store and ingest (the
+//! binaries next to this one), then:
+//! 1. ingest resident memory with 100 idle connections;
+//! 2. latency at a steady 10,000 appends/s (p50, p99, max);
+//! 3. the store's own append rate over the bus (`store-bench fill`);
+//! 4. 1 KiB appends through the SDK wire protocol: 8 connections × 64
+//!    requests in flight; ingest peak memory.
+//!
+//! Every phase starts on a quiet store: the benchmark first waits until the
+//! store's CPU use falls below 5% (fjall finishing the flushes and
+//! compactions the previous phase caused), so no phase pays for another's
+//! writes. The wait is printed.
+//!
+//! The load generator speaks the wire protocol itself (handshake, frames,
+//! CBOR), pipelined as the SDKs do, and is kept cheap so that the figures
+//! are the server's: each connection encodes its append request once and
+//! patches the request id per request, and writes every request it may send
+//! in one write. It checks each answer's status and request id. The CPU each
+//! process used per append is printed beside the rates.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ciborium::Value;
+use serde::Deserialize;
+use stream_manager_tests::{cpu_secs, rss_kib, wire_client};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+const CONNECTIONS: usize = 8;
+const IN_FLIGHT: usize = 64;
+const PAYLOAD_BYTES: usize = 1024;
+const STEADY_RATE_PER_S: f64 = 10_000.0;
+/// A phase starts once the store used less than this share of one core
+/// over `QUIET_SAMPLE`...
+const QUIET_CPU_SHARE: f64 = 0.05;
+const QUIET_SAMPLE: Duration = Duration::from_millis(500);
+/// ...or after this long, whichever comes first.
+const QUIET_WAIT_MAX: Duration = Duration::from_secs(120);
+/// Width of the request ids the load generator sends (decimal digits).
+const ID_DIGITS: usize = 12;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("run") {
+        bail!("usage: ingest-bench run [--quick]");
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let tmp = std::env::temp_dir().join(format!("ingest-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let r = rt.block_on(bench(&tmp, quick));
+    let _ = std::fs::remove_dir_all(&tmp);
+    r
+}
+
+fn exe(name: &str) -> Result<PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .join(name))
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A connected, handshaken wire-protocol client.
+async fn connect(port: u16) -> Result<TcpStream> {
+    let mut s = wire_client::connect(port);
+    wire_client::hello(&mut s);
+    s.set_read_timeout(None)?;
+    s.set_nonblocking(true)?;
+    let s = TcpStream::from_std(s)?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// One append request, encoded once; `frame_for` patches the request id.
+struct AppendTemplate {
+    frame: Vec<u8>,
+    id_at: usize,
+}
+
+impl AppendTemplate {
+    fn new(stream: &str) -> Self {
+        let placeholder = "#".repeat(ID_DIGITS);
+        let req = Value::Map(vec![
+            ("requestId".into(), placeholder.as_str().into()),
+            ("name".into(), stream.into()),
+            ("payload".into(), Value::Bytes(vec![0x5a; PAYLOAD_BYTES])),
+        ]);
+        let frame = wire_client::frame(4, &req);
+        let id_at = frame
+            .windows(ID_DIGITS)
+            .position(|w| w == placeholder.as_bytes())
+            .expect("the placeholder is in the frame");
+        Self { frame, id_at }
+    }
+
+    fn write_for(&self, id: u64, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&self.frame);
+        let digits = format!("{id:0width$}", width = ID_DIGITS);
+        out[start + self.id_at..start + self.id_at + ID_DIGITS].copy_from_slice(digits.as_bytes());
+    }
+}
+
+#[derive(Deserialize)]
+struct AppendAnswer {
+    #[serde(rename = "requestId")]
+    request_id: String,
+    status: i64,
+}
+
+/// Appends `count` messages to `stream` on one connection with at most
+/// `IN_FLIGHT` outstanding; with `interval`, sends one every `interval`.
+/// Returns the latency of every append.
+async fn append_conn(
+    port: u16,
+    stream: String,
+    count: usize,
+    interval: Option<Duration>,
+) -> Result<Vec<Duration>> {
+    let (rd, mut wr) = connect(port).await?.into_split();
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let epoch = Instant::now();
+    // Send time of each request, in ns since `epoch`, indexed by its id.
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..count).map(|_| AtomicU64::new(0)).collect());
+    let reader = {
+        let (slots, sent) = (slots.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut rd = BufReader::with_capacity(64 * 1024, rd);
+            let mut latencies = Vec::with_capacity(count);
+            let mut payload = Vec::new();
+            for _ in 0..count {
+                let mut h = [0u8; 5];
+                rd.read_exact(&mut h).await?;
+                let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                payload.resize(len.saturating_sub(1), 0);
+                rd.read_exact(&mut payload).await?;
+                let answer: AppendAnswer = ciborium::from_reader(&payload[..])
+                    .with_context(|| format!("undecodable answer (operation {})", h[4]))?;
+                if h[4] != 9 || answer.status != 0 {
+                    bail!(
+                        "append {} failed: operation {}, status {}",
+                        answer.request_id,
+                        h[4],
+                        answer.status
+                    );
+                }
+                let id: usize = answer.request_id.parse()?;
+                let at = sent.get(id).context("unknown request id")?;
+                let elapsed = epoch.elapsed().as_nanos() as u64;
+                latencies.push(Duration::from_nanos(
+                    elapsed.saturating_sub(at.load(Ordering::Relaxed)),
+                ));
+                slots.add_permits(1);
+            }
+            Ok(latencies)
+        })
+    };
+    let template = AppendTemplate::new(&stream);
+    let mut out = Vec::with_capacity(IN_FLIGHT * template.frame.len());
+    let mut next = 0usize;
+    while next < count {
+        if let Some(iv) = interval {
+            tokio::time::sleep_until((epoch + iv * next as u32).into()).await;
+        }
+        slots.acquire().await?.forget();
+        let mut batch = 1;
+        if interval.is_none() {
+            // Everything the window allows goes out in one write.
+            while next + batch < count && slots.try_acquire().map(|p| p.forget()).is_ok() {
+                batch += 1;
+            }
+        }
+        out.clear();
+        let now = epoch.elapsed().as_nanos() as u64;
+        for id in next..next + batch {
+            sent[id].store(now, Ordering::Relaxed);
+            template.write_for(id as u64, &mut out);
+        }
+        next += batch;
+        wr.write_all(&out).await?;
+    }
+    reader.await?
+}
+
+/// Runs `total` appends over `CONNECTIONS` connections (one stream each);
+/// returns the rate achieved and every latency.
+async fn load(port: u16, total: usize, rate_per_s: Option<f64>) -> Result<(f64, Vec<Duration>)> {
+    let per = total / CONNECTIONS;
+    let interval = rate_per_s.map(|r| Duration::from_secs_f64(CONNECTIONS as f64 / r));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|c| tokio::spawn(append_conn(port, format!("wire-{c}"), per, interval)))
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok((
+        (per * CONNECTIONS) as f64 / start.elapsed().as_secs_f64(),
+        latencies,
+    ))
+}
+
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Waits until the store is quiet (see the module comment); returns how long
+/// that took.
+async fn wait_quiet(store: u32) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < QUIET_WAIT_MAX {
+        let before = cpu_secs(store);
+        tokio::time::sleep(QUIET_SAMPLE).await;
+        if cpu_secs(store) - before < QUIET_CPU_SHARE * QUIET_SAMPLE.as_secs_f64() {
+            break;
+        }
+    }
+    started.elapsed()
+}
+
+/// CPU seconds used by the children this process has waited for.
+fn children_cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is a valid target.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// CPU µs per append of each process over a phase.
+struct CpuSplit {
+    pids: [u32; 3],
+    start: [f64; 3],
+}
+
+impl CpuSplit {
+    fn start(pids: [u32; 3]) -> Self {
+        Self {
+            pids,
+            start: pids.map(cpu_secs),
+        }
+    }
+
+    fn per_append_us(&self, appends: usize) -> [f64; 3] {
+        [0, 1, 2].map(|i| (cpu_secs(self.pids[i]) - self.start[i]) * 1e6 / appends as f64)
+    }
+}
+
+async fn bench(tmp: &Path, quick: bool) -> Result<()> {
+    let scale = if quick { 10 } else { 1 };
+    let store = Proc(
+        Command::new(exe("store")?)
+            .env("STREAM_MANAGER_STORE_ROOT_DIR", tmp)
+            .env("LOG_LEVEL", "WARN")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start store")?,
+    );
+    let spid = store.0.id();
+    let bus = bus::BusClient::connect_in_runtime(&bus::store_endpoint(tmp), Default::default())?;
+    let started = Instant::now();
+    while bus
+        .call_async(bus_schema::Request::Health, Duration::from_millis(200))
+        .await
+        .is_err()
+    {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("store did not start");
+        }
+    }
+    let mut ingest = Command::new(exe("ingest")?)
+        .env("STREAM_MANAGER_STORE_ROOT_DIR", tmp)
+        .env("STREAM_MANAGER_SERVER_PORT", "0")
+        .env("LOG_LEVEL", "WARN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start ingest")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(ingest.stdout.take().context("stdout")?),
+        &mut line,
+    )?;
+    let port: u16 = line.trim().rsplit(':').next().context("port")?.parse()?;
+    let ingest = Proc(ingest);
+    let ipid = ingest.0.id();
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+
+    // 1. Idle connections.
+    let base = rss_kib(ipid);
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(connect(port).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rows.push((
+        "ingest RSS with 100 idle connections".into(),
+        format!("{} MiB", rss_kib(ipid) / 1024),
+        format!("goal <= 16 MB (before connecting: {} MiB)", base / 1024),
+    ));
+    drop(idle);
+
+    for c in 0..CONNECTIONS {
+        let mut s = wire_client::connect(port);
+        wire_client::hello(&mut s);
+        let status = wire_client::create(&mut s, &format!("wire-{c}"));
+        if status != 0 {
+            bail!("creating stream wire-{c}: status {status}");
+        }
+    }
+
+    // 2. Latency at a steady rate.
+    let waited = wait_quiet(spid).await;
+    let steady = 100_000 / scale;
+    let (achieved, mut lat) = load(port, steady, Some(STEADY_RATE_PER_S)).await?;
+    lat.sort();
+    rows.push((
+        format!(
+            "append latency at a steady 10,000/s ({} appends)",
+            lat.len()
+        ),
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms",
+            percentile_ms(&lat, 0.5),
+            percentile_ms(&lat, 0.99)
+        ),
+        format!(
+            "goal p99 <= 2 ms; max {:.2} ms; achieved {achieved:.0}/s; waited {:.1} s for a quiet store",
+            percentile_ms(&lat, 1.0),
+            waited.as_secs_f64()
+        ),
+    ));
+
+    // 3. The store's own rate in this run.
+    let waited = wait_quiet(spid).await;
+    let n = 500_000 / scale;
+    let store_before = cpu_secs(spid);
+    let children_before = children_cpu_secs();
+    let out = Command::new(exe("store-bench")?)
+        .args([
+            "fill",
+            "--root",
+            tmp.to_str().context("utf-8 dir")?,
+            "--count",
+            &n.to_string(),
+        ])
+        .output()?;
+    let store_cpu = [
+        (cpu_secs(spid) - store_before) * 1e6 / n as f64,
+        (children_cpu_secs() - children_before) * 1e6 / n as f64,
+    ];
+    let text = String::from_utf8_lossy(&out.stdout);
+    let store_rate: f64 = text
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix("/s").and_then(|v| v.parse().ok()))
+        .with_context(|| format!("store-bench fill said {text:?}"))?;
+    rows.push((
+        format!("store's own append rate via the bus ({n} appends)"),
+        format!("{store_rate:.0}/s"),
+        format!(
+            "reference (store-bench fill, same run; waited {:.1} s for a quiet store); CPU per append: store {:.1} µs, client {:.1} µs",
+            waited.as_secs_f64(),
+            store_cpu[0],
+            store_cpu[1]
+        ),
+    ));
+
+    // 4. Through the wire protocol.
+    let waited = wait_quiet(spid).await;
+    let cpu = CpuSplit::start([spid, ipid, std::process::id()]);
+    let (rate, _) = load(port, n, None).await?;
+    let [s_us, i_us, g_us] = cpu.per_append_us(n);
+    rows.push((
+        format!("appends via ingest, {CONNECTIONS} connections x {IN_FLIGHT} in flight ({n} appends)"),
+        format!("{rate:.0}/s"),
+        format!(
+            "{:.2} x the store's own rate (goal >= 60,000/s and >= 0.7 x); waited {:.1} s for a quiet store; CPU per append: store {s_us:.1} µs, ingest {i_us:.1} µs, load generator {g_us:.1} µs",
+            rate / store_rate,
+            waited.as_secs_f64()
+        ),
+    ));
+    let hwm = std::fs::read_to_string(format!("/proc/{ipid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    rows.push((
+        "ingest peak RSS under load".into(),
+        format!("{} MiB", hwm / 1024),
+        "goal <= 48 MB".into(),
+    ));
+
+    println!("| figure | measured | note |");
+    println!("|---|---|---|");
+    for (a, b, c) in rows {
+        println!("| {a} | {b} | {c} |");
+    }
+    Ok(())
+}
