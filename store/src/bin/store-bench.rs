@@ -36,7 +36,7 @@ fn main() -> Result<()> {
             for s in &streams {
                 create(&c, s, false, 1 << 30)?;
             }
-            let rate = append_load(&c, &streams, count, 256)?;
+            let rate = append_load(&root, &streams, count, 256)?;
             println!("{count} appends at {rate:.0}/s");
             Ok(())
         }
@@ -233,13 +233,16 @@ fn create(c: &BusClient, name: &str, flush: bool, max_size: i64) -> Result<()> {
 
 /// Appends `total` 1 KiB messages spread over `streams` with `appenders`
 /// concurrent tasks on one client thread; returns appends per second.
-fn append_load(c: &BusClient, streams: &[String], total: u64, appenders: usize) -> Result<f64> {
+/// `total` appends from `appenders` concurrent tasks, over a bus client
+/// driven by the load's own runtime (as the ingest drives its client).
+fn append_load(root: &Path, streams: &[String], total: u64, appenders: usize) -> Result<f64> {
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()?;
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     rt.block_on(async {
+        let c = BusClient::connect_in_runtime(&bus::store_endpoint(root), BusClientConfig::default())?;
         let mut tasks = Vec::new();
         for t in 0..appenders {
             let (c, next, streams) = (c.clone(), next.clone(), streams.to_vec());
@@ -377,7 +380,7 @@ fn bench_in(tmp: &Path, scale: u64) -> Result<()> {
         cpu_by_thread(store.child.id()),
         cpu_by_thread(std::process::id()),
     );
-    let rate = append_load(&c, &streams, n, 256)?;
+    let rate = append_load(&store.root, &streams, n, 256)?;
     let cpu_note = format!(
         "CPU for these {n} appends: store [{}]; client [{}]",
         cpu_delta(&store_cpu, &cpu_by_thread(store.child.id())),
@@ -396,7 +399,7 @@ fn bench_in(tmp: &Path, scale: u64) -> Result<()> {
     for s in &flush {
         create(&c, s, true, 4 << 30)?;
     }
-    let rate = append_load(&c, &flush, n / 3, 64)?;
+    let rate = append_load(&store.root, &flush, n / 3, 64)?;
     rows.push((
         "appends via bus, flushOnWrite, 64 appenders".into(),
         format!("{rate:.0}/s"),
@@ -420,7 +423,7 @@ fn bench_in(tmp: &Path, scale: u64) -> Result<()> {
         create(&c, s, false, 1 << 30)?;
     }
     let count = backlog_bytes / 1024;
-    let rate = append_load(&c, &streams, count, 256)?;
+    let rate = append_load(&store.root, &streams, count, 256)?;
     let (_, peak, _, _) = store.memory_kib();
     // "Holding": once the write burst is over (flushes done, free memory
     // returned, which the store does by itself within a few seconds).

@@ -1,6 +1,7 @@
 //! `ingest-bench run [--quick]`: the ingest benchmark of README. Use a
 //! release build: `cargo build --release --workspace --bins &&
-//! ./target/release/ingest-bench run`. Starts a real store and ingest (the
+//! ./target/release/ingest-bench run`. (`ingest-bench latency` runs phases 1
+//! and 2 only; `--quick` does a tenth of the appends.) Starts a real store and ingest (the
 //! binaries next to this one), then:
 //! 1. ingest resident memory with 100 idle connections;
 //! 2. latency at a steady 10,000 appends/s (p50, p99, max);
@@ -49,16 +50,18 @@ const ID_DIGITS: usize = 12;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some("run") {
-        bail!("usage: ingest-bench run [--quick]");
-    }
+    let latency_only = match args.first().map(String::as_str) {
+        Some("run") => false,
+        Some("latency") => true,
+        _ => bail!("usage: ingest-bench run [--quick] | ingest-bench latency [--quick]"),
+    };
     let quick = args.iter().any(|a| a == "--quick");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let tmp = std::env::temp_dir().join(format!("ingest-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
-    let r = rt.block_on(bench(&tmp, quick));
+    let r = rt.block_on(bench(&tmp, quick, latency_only));
     let _ = std::fs::remove_dir_all(&tmp);
     r
 }
@@ -274,7 +277,7 @@ impl CpuSplit {
     }
 }
 
-async fn bench(tmp: &Path, quick: bool) -> Result<()> {
+async fn bench(tmp: &Path, quick: bool, latency_only: bool) -> Result<()> {
     let scale = if quick { 10 } else { 1 };
     let store = Proc(
         Command::new(exe("store")?)
@@ -359,6 +362,10 @@ async fn bench(tmp: &Path, quick: bool) -> Result<()> {
         ),
     ));
 
+    if latency_only {
+        return print_table(rows);
+    }
+
     // 3. The store's own rate in this run.
     let waited = wait_quiet(spid).await;
     let n = 500_000 / scale;
@@ -420,6 +427,10 @@ async fn bench(tmp: &Path, quick: bool) -> Result<()> {
         "goal <= 48 MB".into(),
     ));
 
+    print_table(rows)
+}
+
+fn print_table(rows: Vec<(String, String, String)>) -> Result<()> {
     println!("| figure | measured | note |");
     println!("|---|---|---|");
     for (a, b, c) in rows {
