@@ -9,10 +9,11 @@
 //! 4. 1 KiB appends through the SDK wire protocol: 8 connections × 64
 //!    requests in flight; ingest peak memory.
 //!
-//! Every phase starts on a quiet store: the benchmark first waits until the
-//! store's CPU use falls below 5% (fjall finishing the flushes and
-//! compactions the previous phase caused), so no phase pays for another's
-//! writes. The wait is printed.
+//! Phases 2, 3 and 4 each run on a fresh store (phase 4 with a fresh ingest)
+//! in its own directory, so that no phase pays for the flushes and
+//! compactions another's writes cause (fjall compacts lazily, when later
+//! writes flush). Each also waits until the store's CPU use is below 5%
+//! before it starts; the wait is printed.
 //!
 //! The load generator speaks the wire protocol itself (handshake, frames,
 //! CBOR), pipelined as the SDKs do, and is kept cheap so that the figures
@@ -277,18 +278,18 @@ impl CpuSplit {
     }
 }
 
-async fn bench(tmp: &Path, quick: bool, latency_only: bool) -> Result<()> {
-    let scale = if quick { 10 } else { 1 };
+/// A store process, healthy, on its own root directory.
+async fn start_store(root: &Path) -> Result<Proc> {
+    std::fs::create_dir_all(root)?;
     let store = Proc(
         Command::new(exe("store")?)
-            .env("STREAM_MANAGER_STORE_ROOT_DIR", tmp)
+            .env("STREAM_MANAGER_STORE_ROOT_DIR", root)
             .env("LOG_LEVEL", "WARN")
             .stdin(Stdio::null())
             .spawn()
             .context("start store")?,
     );
-    let spid = store.0.id();
-    let bus = bus::BusClient::connect_in_runtime(&bus::store_endpoint(tmp), Default::default())?;
+    let bus = bus::BusClient::connect_in_runtime(&bus::store_endpoint(root), Default::default())?;
     let started = Instant::now();
     while bus
         .call_async(bus_schema::Request::Health, Duration::from_millis(200))
@@ -299,8 +300,15 @@ async fn bench(tmp: &Path, quick: bool, latency_only: bool) -> Result<()> {
             bail!("store did not start");
         }
     }
+    Ok(store)
+}
+
+/// A store and an ingest on `root`, the wire streams created; returns them
+/// and the ingest's port.
+async fn start_system(root: &Path) -> Result<(Proc, Proc, u16)> {
+    let store = start_store(root).await?;
     let mut ingest = Command::new(exe("ingest")?)
-        .env("STREAM_MANAGER_STORE_ROOT_DIR", tmp)
+        .env("STREAM_MANAGER_STORE_ROOT_DIR", root)
         .env("STREAM_MANAGER_SERVER_PORT", "0")
         .env("LOG_LEVEL", "WARN")
         .stdin(Stdio::null())
@@ -314,7 +322,21 @@ async fn bench(tmp: &Path, quick: bool, latency_only: bool) -> Result<()> {
     )?;
     let port: u16 = line.trim().rsplit(':').next().context("port")?.parse()?;
     let ingest = Proc(ingest);
-    let ipid = ingest.0.id();
+    for c in 0..CONNECTIONS {
+        let mut s = wire_client::connect(port);
+        wire_client::hello(&mut s);
+        let status = wire_client::create(&mut s, &format!("wire-{c}"));
+        if status != 0 {
+            bail!("creating stream wire-{c}: status {status}");
+        }
+    }
+    Ok((store, ingest, port))
+}
+
+async fn bench(tmp: &Path, quick: bool, latency_only: bool) -> Result<()> {
+    let scale = if quick { 10 } else { 1 };
+    let (store, ingest, port) = start_system(&tmp.join("latency")).await?;
+    let (spid, ipid) = (store.0.id(), ingest.0.id());
     let mut rows: Vec<(String, String, String)> = Vec::new();
 
     // 1. Idle connections.
@@ -330,15 +352,6 @@ async fn bench(tmp: &Path, quick: bool, latency_only: bool) -> Result<()> {
         format!("goal <= 16 MB (before connecting: {} MiB)", base / 1024),
     ));
     drop(idle);
-
-    for c in 0..CONNECTIONS {
-        let mut s = wire_client::connect(port);
-        wire_client::hello(&mut s);
-        let status = wire_client::create(&mut s, &format!("wire-{c}"));
-        if status != 0 {
-            bail!("creating stream wire-{c}: status {status}");
-        }
-    }
 
     // 2. Latency at a steady rate.
     let waited = wait_quiet(spid).await;
@@ -366,7 +379,12 @@ async fn bench(tmp: &Path, quick: bool, latency_only: bool) -> Result<()> {
         return print_table(rows);
     }
 
-    // 3. The store's own rate in this run.
+    drop((store, ingest));
+
+    // 3. The store's own rate in this run, on a fresh store.
+    let root = tmp.join("store");
+    let store = start_store(&root).await?;
+    let spid = store.0.id();
     let waited = wait_quiet(spid).await;
     let n = 500_000 / scale;
     let store_before = cpu_secs(spid);
@@ -375,7 +393,7 @@ async fn bench(tmp: &Path, quick: bool, latency_only: bool) -> Result<()> {
         .args([
             "fill",
             "--root",
-            tmp.to_str().context("utf-8 dir")?,
+            root.to_str().context("utf-8 dir")?,
             "--count",
             &n.to_string(),
         ])
@@ -400,7 +418,11 @@ async fn bench(tmp: &Path, quick: bool, latency_only: bool) -> Result<()> {
         ),
     ));
 
-    // 4. Through the wire protocol.
+    drop(store);
+
+    // 4. Through the wire protocol, on a fresh store and ingest.
+    let (store, ingest, port) = start_system(&tmp.join("wire")).await?;
+    let (spid, ipid) = (store.0.id(), ingest.0.id());
     let waited = wait_quiet(spid).await;
     let cpu = CpuSplit::start([spid, ipid, std::process::id()]);
     let (rate, _) = load(port, n, None).await?;
