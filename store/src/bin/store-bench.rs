@@ -232,9 +232,8 @@ fn create(c: &BusClient, name: &str, flush: bool, max_size: i64) -> Result<()> {
 }
 
 /// Appends `total` 1 KiB messages spread over `streams` with `appenders`
-/// concurrent tasks on one client thread; returns appends per second.
-/// `total` appends from `appenders` concurrent tasks, over a bus client
-/// driven by the load's own runtime (as the ingest drives its client).
+/// concurrent tasks, over a bus client driven by the load's own runtime (as
+/// the ingest drives its client); returns appends per second.
 fn append_load(root: &Path, streams: &[String], total: u64, appenders: usize) -> Result<f64> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

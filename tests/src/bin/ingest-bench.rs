@@ -4,7 +4,8 @@
 //! and 2 only; `--quick` does a tenth of the appends.) Starts a real store and ingest (the
 //! binaries next to this one), then:
 //! 1. ingest resident memory with 100 idle connections;
-//! 2. latency at a steady 10,000 appends/s (p50, p99, max);
+//! 2. latency at a steady 10,000 appends/s (p50, p99, max), and the same
+//!    load sent straight to a store over the bus (the store's share);
 //! 3. the store's own append rate over the bus (`store-bench fill`);
 //! 4. 1 KiB appends through the SDK wire protocol: 8 connections × 64
 //!    requests in flight; ingest peak memory.
@@ -225,6 +226,55 @@ async fn load(port: u16, total: usize, rate_per_s: Option<f64>) -> Result<(f64, 
     ))
 }
 
+/// The same steady load as phase 2, straight to the store over the bus (no
+/// ingest, no TCP): `total` appends over `CONNECTIONS` streams, one every
+/// `CONNECTIONS / rate` seconds per stream, each its own request. Returns
+/// every latency.
+async fn bus_latency(root: &Path, total: usize, rate_per_s: f64) -> Result<Vec<Duration>> {
+    use bus_schema::{Request, Response, StrategyOnFull, StreamDefinition};
+    let bus = bus::BusClient::connect_in_runtime(&bus::store_endpoint(root), Default::default())?;
+    let timeout = Duration::from_secs(10);
+    for c in 0..CONNECTIONS {
+        let definition = StreamDefinition::new(format!("bus-{c}"), StrategyOnFull::RejectNewData);
+        match bus
+            .call_async(Request::CreateStream { definition }, timeout)
+            .await?
+        {
+            Response::Created => {}
+            other => bail!("create failed: {other:?}"),
+        }
+    }
+    let per = total / CONNECTIONS;
+    let interval = Duration::from_secs_f64(CONNECTIONS as f64 / rate_per_s);
+    let epoch = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    let mut latencies = Vec::with_capacity(total);
+    for i in 0..per {
+        tokio::time::sleep_until((epoch + interval * i as u32).into()).await;
+        for c in 0..CONNECTIONS {
+            let bus = bus.clone();
+            calls.spawn(async move {
+                let sent = Instant::now();
+                let request = Request::Append {
+                    stream: format!("bus-{c}"),
+                    payload: vec![0x5a; PAYLOAD_BYTES],
+                };
+                match bus.call_async(request, timeout).await {
+                    Ok(Response::Appended { .. }) => Ok(sent.elapsed()),
+                    other => Err(anyhow::anyhow!("append failed: {other:?}")),
+                }
+            });
+        }
+        while let Some(done) = calls.try_join_next() {
+            latencies.push(done??);
+        }
+    }
+    while let Some(done) = calls.join_next().await {
+        latencies.push(done??);
+    }
+    Ok(latencies)
+}
+
 fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -375,11 +425,36 @@ async fn bench(tmp: &Path, quick: bool, latency_only: bool) -> Result<()> {
         ),
     ));
 
+    drop((store, ingest));
+
+    // 2b. The same load straight to a fresh store over the bus: the part of
+    // the latency that is the store's.
+    let root = tmp.join("bus-latency");
+    let store = start_store(&root).await?;
+    let waited = wait_quiet(store.0.id()).await;
+    let mut lat = bus_latency(&root, steady, STEADY_RATE_PER_S).await?;
+    lat.sort();
+    rows.push((
+        format!(
+            "same load straight to the store over the bus, no ingest ({} appends)",
+            lat.len()
+        ),
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms",
+            percentile_ms(&lat, 0.5),
+            percentile_ms(&lat, 0.99)
+        ),
+        format!(
+            "reference; max {:.2} ms; waited {:.1} s for a quiet store",
+            percentile_ms(&lat, 1.0),
+            waited.as_secs_f64()
+        ),
+    ));
+    drop(store);
+
     if latency_only {
         return print_table(rows);
     }
-
-    drop((store, ingest));
 
     // 3. The store's own rate in this run, on a fresh store.
     let root = tmp.join("store");
