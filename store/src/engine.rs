@@ -238,7 +238,7 @@ struct BackgroundSync {
 }
 
 impl BackgroundSync {
-    fn start(db: Database) -> std::io::Result<Self> {
+    fn start(db: Database, dir: PathBuf) -> std::io::Result<Self> {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
         let stop = Arc::new(AtomicBool::new(false));
@@ -249,15 +249,15 @@ impl BackgroundSync {
             std::thread::Builder::new()
                 .name("store-sync".into())
                 .spawn(move || {
+                    let mut journal = JournalSync { dir, open: None };
                     while !stop.load(Ordering::SeqCst) {
                         // Parked, not asleep, so that a stop is immediate.
                         std::thread::park_timeout(std::time::Duration::from_millis(
                             BACKGROUND_SYNC_INTERVAL_MS,
                         ));
                         if dirty.swap(false, Ordering::SeqCst) {
-                            if let Err(e) = db.persist(PersistMode::SyncData) {
-                                *failed.lock().unwrap_or_else(|p| p.into_inner()) =
-                                    Some(e.to_string());
+                            if let Err(e) = journal.sync(&db) {
+                                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                                 return;
                             }
                         }
@@ -271,6 +271,55 @@ impl BackgroundSync {
             thread: Some(thread),
         })
     }
+}
+
+/// Syncs fjall's journal to disk without holding fjall's journal lock
+/// through the disk flush. `Database::persist(SyncData)` keeps that lock,
+/// and so every commit, waiting for the whole `fdatasync` (about 1 ms per
+/// 50 ms here; measured on fjall alone at a steady 10,000 appends/s, the
+/// commit p99 went from 0.85-0.99 ms to 0.30-0.38 ms without it). Instead,
+/// fjall's buffer is handed to the kernel under the lock (a copy), and the
+/// active journal file is synced through a descriptor of our own.
+///
+/// This knows fjall 3's journal layout: files `<n>.jnl` in the database
+/// directory, the active one with the highest `n` (tested in
+/// `the_active_journal_is_found_and_synced_through_our_own_descriptor`). If
+/// none is found, fjall's own sync runs. A rotation in between is harmless:
+/// fjall syncs a journal fully when it seals it.
+struct JournalSync {
+    dir: PathBuf,
+    open: Option<(u64, std::fs::File)>,
+}
+
+impl JournalSync {
+    fn sync(&mut self, db: &Database) -> Result<(), String> {
+        db.persist(PersistMode::Buffer).map_err(|e| e.to_string())?;
+        let Some(id) = active_journal(&self.dir) else {
+            return db.persist(PersistMode::SyncData).map_err(|e| e.to_string());
+        };
+        if self.open.as_ref().map(|(open, _)| *open) != Some(id) {
+            match std::fs::File::open(self.dir.join(format!("{id}.jnl"))) {
+                Ok(f) => self.open = Some((id, f)),
+                // Sealed and removed in between: fjall synced it.
+                Err(_) => return db.persist(PersistMode::SyncData).map_err(|e| e.to_string()),
+            }
+        }
+        match &self.open {
+            Some((_, f)) => f
+                .sync_data()
+                .map_err(|e| format!("syncing the journal: {e}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The number of fjall's active journal file in `dir` (see [`JournalSync`]).
+fn active_journal(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".jnl")?.parse().ok())
+        .max()
 }
 
 impl Drop for BackgroundSync {
@@ -328,7 +377,7 @@ impl Engine {
         let ks_data = db
             .keyspace(KS_DATA, data_keyspace_options)
             .map_err(|e| fail(e.to_string()))?;
-        let sync = BackgroundSync::start(db.clone())
+        let sync = BackgroundSync::start(db.clone(), dir.to_path_buf())
             .map_err(|e| fail(format!("cannot start the sync thread: {e}")))?;
         let mut engine = Engine {
             path: dir.to_path_buf(),
@@ -1152,6 +1201,45 @@ mod tests {
             .collect();
         let (results, _) = e.append_batch(&items).unwrap();
         assert!(results.iter().all(|r| r.is_ok()));
+    }
+
+    #[test]
+    fn the_active_journal_is_found_and_synced_through_our_own_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::open(dir.path()).unwrap();
+        e.create(&StreamDefinition::new("s", StrategyOnFull::RejectNewData))
+            .unwrap();
+        let id = active_journal(dir.path())
+            .expect("fjall's journal layout changed: JournalSync must follow it");
+        let path = dir.path().join(format!("{id}.jnl"));
+        // Incompressible, so it appears in the journal as it is.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let payload: Vec<u8> = (0..64)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let in_journal = || {
+            std::fs::read(&path)
+                .unwrap()
+                .windows(payload.len())
+                .any(|w| w == payload.as_slice())
+        };
+        let items = [AppendItem {
+            stream: "s",
+            payload: &payload,
+        }];
+        e.append_batch(&items).unwrap();
+        let mut journal = JournalSync {
+            dir: dir.path().to_path_buf(),
+            open: None,
+        };
+        journal.sync(&e.db).unwrap();
+        assert_eq!(journal.open.as_ref().map(|(n, _)| *n), Some(id));
+        assert!(in_journal(), "fjall's buffer did not reach the journal file");
     }
 
     #[test]
