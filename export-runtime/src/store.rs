@@ -76,9 +76,14 @@ fn unexpected(r: Response) -> StoreError {
 }
 
 impl Store {
+    /// Connects to the store under `root`, the bus driver running on the
+    /// current runtime (call from inside the exporter's runtime).
     pub fn connect(root: &std::path::Path) -> Result<Self, BusError> {
         Ok(Self {
-            client: BusClient::connect(&bus::store_endpoint(root), Default::default())?,
+            client: BusClient::connect_in_runtime(
+                &bus::store_endpoint(root),
+                Default::default(),
+            )?,
         })
     }
 
