@@ -288,9 +288,7 @@ struct Driver {
 /// must be asked after every send or receive, before waiting on the
 /// descriptor again.
 fn readable(socket: &zmq::Socket) -> bool {
-    socket
-        .get_events()
-        .is_ok_and(|e| e.contains(zmq::POLLIN))
+    socket.get_events().is_ok_and(|e| e.contains(zmq::POLLIN))
 }
 
 /// A socket's notification descriptor (`ZMQ_FD`), owned by the socket.
@@ -316,8 +314,9 @@ fn watch(socket: zmq::Socket) -> std::io::Result<Watched> {
     // SAFETY: `ZMQ_FD` belongs to the socket and stays open and the same
     // until the socket is closed; `Watched` drops this registration before
     // the socket.
-    let fd = unsafe { AsyncFd::register_with_interest(NotifyFd(raw), tokio::io::Interest::READABLE) }
-        .map_err(std::io::Error::from)?;
+    let fd =
+        unsafe { AsyncFd::register_with_interest(NotifyFd(raw), tokio::io::Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
     Ok(Watched { fd, socket })
 }
 

@@ -80,10 +80,7 @@ impl Store {
     /// current runtime (call from inside the exporter's runtime).
     pub fn connect(root: &std::path::Path) -> Result<Self, BusError> {
         Ok(Self {
-            client: BusClient::connect_in_runtime(
-                &bus::store_endpoint(root),
-                Default::default(),
-            )?,
+            client: BusClient::connect_in_runtime(&bus::store_endpoint(root), Default::default())?,
         })
     }
 

@@ -1239,7 +1239,10 @@ mod tests {
         };
         journal.sync(&e.db).unwrap();
         assert_eq!(journal.open.as_ref().map(|(n, _)| *n), Some(id));
-        assert!(in_journal(), "fjall's buffer did not reach the journal file");
+        assert!(
+            in_journal(),
+            "fjall's buffer did not reach the journal file"
+        );
     }
 
     #[test]

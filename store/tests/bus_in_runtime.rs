@@ -33,8 +33,8 @@ fn pipelined_appends_from_one_task_are_stored_in_submission_order() {
     let store = StoreProcess::start(dir.path());
     create(&store.client(), def("s"));
     let sequence_numbers = runtime().block_on(async {
-        let c = BusClient::connect_in_runtime(&store.endpoint(), BusClientConfig::default())
-            .unwrap();
+        let c =
+            BusClient::connect_in_runtime(&store.endpoint(), BusClientConfig::default()).unwrap();
         let mut pending = Vec::new();
         for n in 0..2_000u64 {
             pending.push(
@@ -104,7 +104,10 @@ fn a_request_in_flight_when_the_store_dies_fails_at_once_and_the_client_recovers
         }
         false
     });
-    assert!(answered, "the same client never reached the restarted store");
+    assert!(
+        answered,
+        "the same client never reached the restarted store"
+    );
 }
 
 #[test]
@@ -114,10 +117,12 @@ fn a_request_times_out_at_its_own_deadline_when_the_store_does_not_answer() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(store.pid() as i32, libc::SIGSTOP) };
     let (r, took) = runtime().block_on(async {
-        let c = BusClient::connect_in_runtime(&store.endpoint(), BusClientConfig::default())
-            .unwrap();
+        let c =
+            BusClient::connect_in_runtime(&store.endpoint(), BusClientConfig::default()).unwrap();
         let start = Instant::now();
-        let r = c.call_async(Request::Health, Duration::from_millis(300)).await;
+        let r = c
+            .call_async(Request::Health, Duration::from_millis(300))
+            .await;
         (r, start.elapsed())
     });
     // SAFETY: as above.

@@ -241,7 +241,8 @@ fn append_load(root: &Path, streams: &[String], total: u64, appenders: usize) ->
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     rt.block_on(async {
-        let c = BusClient::connect_in_runtime(&bus::store_endpoint(root), BusClientConfig::default())?;
+        let c =
+            BusClient::connect_in_runtime(&bus::store_endpoint(root), BusClientConfig::default())?;
         let mut tasks = Vec::new();
         for t in 0..appenders {
             let (c, next, streams) = (c.clone(), next.clone(), streams.to_vec());
