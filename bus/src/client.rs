@@ -386,10 +386,17 @@ impl State {
                     }
                 }
             }
-            self.send_queued();
-            self.receive_replies();
             self.check_monitor();
             self.expire(Instant::now());
+            // Until neither makes progress: a reply frees a slot for a
+            // queued request, and a send may consume the descriptor's
+            // signal of a reply that arrived meanwhile.
+            loop {
+                self.send_queued();
+                if !self.receive_replies() {
+                    break;
+                }
+            }
             let next_deadline = self.next_deadline();
             let room = self.queued.len() < self.max_in_flight;
             tokio::select! {
@@ -471,8 +478,11 @@ impl State {
         }
     }
 
-    fn receive_replies(&mut self) {
+    /// Delivers every reply waiting in the socket; tells whether there was
+    /// any.
+    fn receive_replies(&mut self) -> bool {
         let socket = &self.socket.socket;
+        let mut any = false;
         while readable(socket) {
             loop {
                 let bytes = match socket.recv_bytes(zmq::DONTWAIT) {
@@ -484,8 +494,10 @@ impl State {
                     }
                 };
                 deliver(&self.endpoint, &mut self.pending, &bytes);
+                any = true;
             }
         }
+        any
     }
 
     fn check_monitor(&mut self) {
@@ -501,7 +513,7 @@ impl State {
             }
         }
         if lost {
-            // Replies that arrived before the break were delivered above;
+            // Replies that arrived before the break are delivered first;
             // whatever is still pending went down with the peer.
             self.receive_replies();
             tracing::warn!(endpoint = %self.endpoint, pending = self.pending.len(), "store connection lost");
@@ -526,6 +538,13 @@ impl State {
             }
             self.deadlines.pop();
             if let Some(p) = self.pending.remove(&id) {
+                eprintln!(
+                    "DEBUG timeout id {id} pending {} queued {} readable {} events {:?}",
+                    self.pending.len(),
+                    self.queued.len(),
+                    readable(&self.socket.socket),
+                    self.socket.socket.get_events()
+                );
                 let _ = p.reply.send(Err(BusError::Timeout(p.timeout)));
             }
         }
