@@ -8,10 +8,11 @@
 //!
 //! - [`BusServer`]: a ROUTER socket bound by the store; single-threaded, polled by
 //!   the store's event loop, replies may be sent in any order and at any time.
-//! - [`BusClient`]: a DEALER socket owned by one I/O thread; any number of threads
-//!   or async tasks submit requests through a bounded queue and wait for their
-//!   own reply. Every request has a deadline; a peer that restarts or vanishes
-//!   produces timeouts, never a hang.
+//! - [`BusClient`]: a DEALER socket owned by one driver task (on the caller's
+//!   runtime, or on a thread of its own); any number of threads or async tasks
+//!   submit requests through a bounded queue and wait for their own reply.
+//!   Every request has a deadline; a peer that restarts or vanishes produces
+//!   timeouts or `PeerLost`, never a hang.
 
 mod client;
 mod server;
