@@ -200,6 +200,10 @@ pub struct StreamInfo {
     pub definition: StreamDefinition,
     pub storage: StorageStatus,
     pub export_statuses: Vec<ExportStatus>,
+    /// Which creation of this name this is: never the same for a stream
+    /// deleted and created again (0 from a store that predates it).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// What an exporter reports after a batch: the new cursor and what it sent.
@@ -221,6 +225,12 @@ pub struct ExportProgress {
     /// changes.
     #[serde(default)]
     pub expected_last_exported_sequence_number: Option<i64>,
+    /// The stream's `StreamInfo::incarnation` the exporter read. When set and
+    /// the stream was deleted and created again since, the commit is refused
+    /// with `ErrorKind::Conflict` and nothing changes (a commit in flight for
+    /// the old stream never moves the new one's cursor).
+    #[serde(default)]
+    pub expected_incarnation: Option<u64>,
 }
 
 /// A request to the store.

@@ -71,6 +71,7 @@ fn full_definition() -> StreamDefinition {
 
 fn info() -> StreamInfo {
     StreamInfo {
+        incarnation: 7,
         definition: full_definition(),
         storage: StorageStatus {
             oldest_sequence_number: 3,
@@ -176,6 +177,7 @@ fn requests() -> Vec<(String, Vec<u8>, RequestEnvelope)> {
                     exported_messages_delta: 5,
                     skipped_messages_delta: 0,
                     expected_last_exported_sequence_number: Some(4),
+                    expected_incarnation: Some(7),
                 },
             },
         ),

@@ -171,6 +171,10 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Export<T> {
     pub stream: String,
+    /// The stream's incarnation (`StreamInfo::incarnation`): a stream deleted
+    /// and created again is a new export, and commits carry it so that one
+    /// in flight for the old stream never lands on the new one.
+    pub incarnation: u64,
     pub identifier: String,
     pub common: ExportCommon,
     pub target: T,
@@ -538,6 +542,7 @@ impl<D: Destination> Runtime<D> {
                     .filter(|(c, _)| c.disabled != Some(true))
                     .map(|(common, target)| Export {
                         stream: name.to_string(),
+                        incarnation: i.incarnation,
                         identifier: common.identifier.clone(),
                         common,
                         target,
@@ -1068,6 +1073,7 @@ impl<D: Destination> ExportWorker<D> {
             exported_messages_delta: 0,
             skipped_messages_delta: 0,
             expected_last_exported_sequence_number: Some(self.cursor),
+            expected_incarnation: known(self.export.incarnation),
         };
         if self
             .shared
@@ -1109,6 +1115,7 @@ impl<D: Destination> ExportWorker<D> {
             skipped_messages_delta: sent.skipped.len() as i64
                 + sent.removed.map_or(0, |(_, count)| count),
             expected_last_exported_sequence_number: Some(self.cursor),
+            expected_incarnation: known(self.export.incarnation),
         };
         let submitted = self
             .shared
@@ -1196,6 +1203,11 @@ impl<D: Destination> ExportWorker<D> {
         loop {
             match self.shared.store.describe(&self.export.stream).await {
                 Ok(info) => {
+                    if known(info.incarnation) != known(self.export.incarnation) {
+                        // Deleted and created again: this task's stream is
+                        // gone; the follower starts one for the new stream.
+                        return false;
+                    }
                     let Some(status) = info
                         .export_statuses
                         .iter()
@@ -1216,6 +1228,11 @@ impl<D: Destination> ExportWorker<D> {
             }
         }
     }
+}
+
+/// An incarnation, or `None` from a store that does not report them (0).
+fn known(incarnation: u64) -> Option<u64> {
+    (incarnation != 0).then_some(incarnation)
 }
 
 /// "N messages can never be delivered and were skipped: 5 (why), 9 (why) …"

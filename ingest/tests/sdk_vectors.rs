@@ -350,6 +350,7 @@ fn every_accepted_response_is_reproduced_by_the_server_encoder() {
                 };
                 let s = &info["storageStatus"];
                 let streaminfo = bus_schema::StreamInfo {
+                    incarnation: 1,
                     definition,
                     storage: bus_schema::StorageStatus {
                         oldest_sequence_number: i(&s["oldestSequenceNumber"]),

@@ -195,6 +195,7 @@ impl Stream {
             })
             .collect();
         StreamInfo {
+            incarnation: self.id,
             definition: self.def.clone(),
             storage: self.storage_status(),
             export_statuses,
@@ -1094,6 +1095,16 @@ impl Engine {
             .get(identifier)
             .cloned()
             .unwrap_or_else(|| s.default_status(identifier));
+        if let Some(expected) = progress.expected_incarnation {
+            if expected != s.id {
+                return Err(EngineError::Refused(ErrorReply::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "stream {name:?} was deleted and created again since export {identifier:?} read it"
+                    ),
+                )));
+            }
+        }
         if let Some(expected) = progress.expected_last_exported_sequence_number {
             if expected != status.last_exported_sequence_number {
                 return Err(EngineError::Refused(ErrorReply::new(
@@ -1246,6 +1257,49 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_for_an_older_incarnation_or_cursor_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::open(dir.path()).unwrap();
+        let mut d = StreamDefinition::new("s", StrategyOnFull::RejectNewData);
+        d.exports.kinesis.push(bus_schema::KinesisConfig {
+            common: ExportCommon {
+                identifier: "k".into(),
+                ..Default::default()
+            },
+            kinesis_stream_name: "x".into(),
+        });
+        e.create(&d).unwrap();
+        fill(&mut e, "s", 10);
+        let old = e.describe("s").unwrap().incarnation;
+        e.delete("s").unwrap();
+        e.create(&d).unwrap();
+        fill(&mut e, "s", 10);
+        let new = e.describe("s").unwrap().incarnation;
+        assert_ne!(old, new, "a stream created again must be a new incarnation");
+        let progress = |incarnation: u64, expected_cursor: i64| ExportProgress {
+            last_exported_sequence_number: 4,
+            last_export_time_ms: 1,
+            error_message: None,
+            exported_bytes_delta: 5,
+            exported_messages_delta: 5,
+            skipped_messages_delta: 0,
+            expected_last_exported_sequence_number: Some(expected_cursor),
+            expected_incarnation: Some(incarnation),
+        };
+        let cursor =
+            |e: &Engine| e.describe("s").unwrap().export_statuses[0].last_exported_sequence_number;
+        for refused in [progress(old, -1), progress(new, 2)] {
+            match e.commit_export("s", "k", &refused) {
+                Err(EngineError::Refused(r)) => assert_eq!(r.kind, ErrorKind::Conflict, "{r:?}"),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(cursor(&e), -1);
+        }
+        e.commit_export("s", "k", &progress(new, -1)).unwrap();
+        assert_eq!(cursor(&e), 4);
+    }
+
+    #[test]
     fn deleting_a_stream_removes_its_data_and_cursors_from_disk() {
         let dir = tempfile::tempdir().unwrap();
         let mut e = Engine::open(dir.path()).unwrap();
@@ -1267,6 +1321,7 @@ mod tests {
             exported_messages_delta: 1,
             skipped_messages_delta: 0,
             expected_last_exported_sequence_number: None,
+            expected_incarnation: None,
         };
         e.commit_export("s", "k", &progress).unwrap();
         assert_eq!(data_keys(&e), 10_000);
@@ -1369,6 +1424,7 @@ mod tests {
                 exported_messages_delta: 2,
                 skipped_messages_delta: 0,
                 expected_last_exported_sequence_number: None,
+                expected_incarnation: None,
             };
             e.commit_export(&name, "k", &progress).unwrap();
             assert_eq!(lag(&e), None, "all exported");

@@ -202,6 +202,7 @@ fn definitions_data_and_cursors_survive_a_restart_and_memory_streams_do_not_keep
         exported_messages_delta: 3,
         skipped_messages_delta: 0,
         expected_last_exported_sequence_number: None,
+        expected_incarnation: None,
     };
     assert!(matches!(
         call(
