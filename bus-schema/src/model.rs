@@ -306,7 +306,7 @@ pub enum Response {
     Created,
     Updated,
     Deleted,
-    Described(StreamInfo),
+    Described(Box<StreamInfo>),
     Streams(Vec<String>),
     DescribedAll(Vec<StreamInfo>),
     Appended {

@@ -215,7 +215,7 @@ fn responses() -> Vec<(String, Vec<u8>, ResponseEnvelope)> {
         resp("created", Response::Created),
         resp("updated", Response::Updated),
         resp("deleted", Response::Deleted),
-        resp("described", Response::Described(info())),
+        resp("described", Response::Described(Box::new(info()))),
         resp("streams", Response::Streams(vec!["a".into(), "b".into()])),
         resp("described-all", Response::DescribedAll(vec![info()])),
         resp(

@@ -100,7 +100,7 @@ impl Store {
             name: name.to_string(),
         };
         match self.call(req, STORE_CALL_TIMEOUT).await? {
-            Response::Described(info) => Ok(info),
+            Response::Described(info) => Ok(*info),
             other => Err(unexpected(other)),
         }
     }

@@ -483,7 +483,7 @@ impl StoreServer {
             Request::ListStreams => Response::Streams(self.engine.list()),
             Request::DescribeAll => Response::DescribedAll(self.engine.describe_all()),
             Request::DescribeStream { name } => match self.engine.describe(&name) {
-                Ok(info) => Response::Described(info),
+                Ok(info) => Response::Described(Box::new(info)),
                 Err(e) => Response::Error(self.fatal(e)?),
             },
             Request::WatchEvents {

@@ -342,7 +342,7 @@ impl StoreHarness {
         match self.call(bus_schema::Request::DescribeStream {
             name: stream.into(),
         }) {
-            bus_schema::Response::Described(info) => info,
+            bus_schema::Response::Described(info) => *info,
             other => panic!("describe {stream}: {other:?}"),
         }
     }
