@@ -147,7 +147,7 @@ impl BusClient {
             endpoint: endpoint.to_string(),
             socket,
             monitor,
-            ctx,
+            _ctx: ctx,
             rx,
             queued: VecDeque::new(),
             pending: HashMap::new(),
@@ -272,7 +272,6 @@ struct Driver {
     endpoint: String,
     socket: zmq::Socket,
     monitor: zmq::Socket,
-    ctx: zmq::Context,
     rx: mpsc::Receiver<Outgoing>,
     /// Taken off the channel, not sent yet (pending was full); bounded by
     /// `max_in_flight`, expired at their own deadlines.
@@ -281,6 +280,8 @@ struct Driver {
     /// Min-heap of (deadline, id); entries of answered requests are skipped.
     deadlines: BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
     max_in_flight: usize,
+    /// Last: fields drop in order, and the context outlives its sockets.
+    _ctx: zmq::Context,
 }
 
 /// Has the ZeroMQ socket behind `fd` something to receive? Reading
@@ -300,77 +301,30 @@ impl std::os::fd::AsRawFd for NotifyFd {
     }
 }
 
-/// A socket and its notification descriptor registered with the reactor.
-/// Field order matters: the registration drops (deregisters) before the
-/// socket closes the descriptor.
-struct Watched {
-    fd: AsyncFd<NotifyFd>,
-    socket: zmq::Socket,
-}
-
-/// Registers a socket's notification descriptor with the reactor.
-fn watch(socket: zmq::Socket) -> std::io::Result<Watched> {
+/// Registers a socket's notification descriptor with the reactor. The
+/// registration must drop before the socket (which closes the descriptor).
+fn watch(socket: &zmq::Socket) -> std::io::Result<AsyncFd<NotifyFd>> {
     let raw = socket.get_fd().map_err(std::io::Error::from)?;
     // SAFETY: `ZMQ_FD` belongs to the socket and stays open and the same
-    // until the socket is closed; `Watched` drops this registration before
-    // the socket.
-    let fd =
-        unsafe { AsyncFd::register_with_interest(NotifyFd(raw), tokio::io::Interest::READABLE) }
-            .map_err(std::io::Error::from)?;
-    Ok(Watched { fd, socket })
+    // until the socket is closed; `Driver::run` drops this registration
+    // before the driver (and its sockets).
+    unsafe { AsyncFd::register_with_interest(NotifyFd(raw), tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)
 }
 
 impl Driver {
-    async fn run(self) {
-        let Driver {
-            endpoint,
-            socket,
-            monitor,
-            ctx,
-            rx,
-            queued,
-            pending,
-            deadlines,
-            max_in_flight,
-        } = self;
-        // The sockets move into the reactor's registrations (they are
-        // deregistered, then closed, when these drop).
-        let (socket, monitor) = match (watch(socket), watch(monitor)) {
+    /// Runs until every handle is gone. Must run inside the runtime that
+    /// drives it (the descriptors are registered here).
+    async fn run(mut self) {
+        // Locals drop before `self`: the registrations go before the sockets.
+        let (socket_fd, monitor_fd) = match (watch(&self.socket), watch(&self.monitor)) {
             (Ok(s), Ok(m)) => (s, m),
             (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(%endpoint, error = %e, "cannot watch the bus socket");
+                tracing::error!(endpoint = %self.endpoint, error = %e, "cannot watch the bus socket");
+                self.fail_all(|| BusError::Closed);
                 return;
             }
         };
-        let mut state = State {
-            endpoint,
-            socket,
-            monitor,
-            rx,
-            queued,
-            pending,
-            deadlines,
-            max_in_flight,
-        };
-        state.run().await;
-        drop(state);
-        drop(ctx);
-    }
-}
-
-struct State {
-    endpoint: String,
-    socket: Watched,
-    monitor: Watched,
-    rx: mpsc::Receiver<Outgoing>,
-    queued: VecDeque<Outgoing>,
-    pending: HashMap<u64, Pending>,
-    deadlines: BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
-    max_in_flight: usize,
-}
-
-impl State {
-    async fn run(&mut self) {
         loop {
             // Everything that can be done without waiting, then wait for
             // whichever comes first: a submission, a reply, a disconnect,
@@ -400,7 +354,7 @@ impl State {
             let next_deadline = self.next_deadline();
             let room = self.queued.len() < self.max_in_flight;
             tokio::select! {
-                r = self.socket.fd.readable() => match r {
+                r = socket_fd.readable() => match r {
                     Ok(mut guard) => guard.clear_ready(),
                     Err(e) => {
                         tracing::error!(endpoint = %self.endpoint, error = %e, "bus socket cannot be watched");
@@ -408,7 +362,7 @@ impl State {
                         return;
                     }
                 },
-                r = self.monitor.fd.readable() => {
+                r = monitor_fd.readable() => {
                     if let Ok(mut guard) = r {
                         guard.clear_ready();
                     }
@@ -453,7 +407,7 @@ impl State {
                 let _ = out.reply.send(Err(BusError::Timeout(out.timeout)));
                 continue;
             }
-            match self.socket.socket.send(out.bytes, zmq::DONTWAIT) {
+            match self.socket.send(out.bytes, zmq::DONTWAIT) {
                 Ok(()) => {
                     self.deadlines
                         .push(std::cmp::Reverse((out.deadline, out.id)));
@@ -481,7 +435,7 @@ impl State {
     /// Delivers every reply waiting in the socket; tells whether there was
     /// any.
     fn receive_replies(&mut self) -> bool {
-        let socket = &self.socket.socket;
+        let socket = &self.socket;
         let mut any = false;
         while readable(socket) {
             loop {
@@ -501,7 +455,7 @@ impl State {
     }
 
     fn check_monitor(&mut self) {
-        let monitor = &self.monitor.socket;
+        let monitor = &self.monitor;
         let mut lost = false;
         while readable(monitor) {
             while let Ok(parts) = monitor.recv_multipart(zmq::DONTWAIT) {
@@ -538,13 +492,6 @@ impl State {
             }
             self.deadlines.pop();
             if let Some(p) = self.pending.remove(&id) {
-                eprintln!(
-                    "DEBUG timeout id {id} pending {} queued {} readable {} events {:?}",
-                    self.pending.len(),
-                    self.queued.len(),
-                    readable(&self.socket.socket),
-                    self.socket.socket.get_events()
-                );
                 let _ = p.reply.send(Err(BusError::Timeout(p.timeout)));
             }
         }
