@@ -1202,6 +1202,33 @@ mod tests {
         e.ks_state.iter().count()
     }
 
+    /// Stream `name` with one Kinesis export, `k`.
+    fn exported(name: &str) -> StreamDefinition {
+        let mut d = StreamDefinition::new(name, StrategyOnFull::RejectNewData);
+        d.exports.kinesis.push(bus_schema::KinesisConfig {
+            common: ExportCommon {
+                identifier: "k".into(),
+                ..Default::default()
+            },
+            kinesis_stream_name: "x".into(),
+        });
+        d
+    }
+
+    /// Progress to sequence number `last`, with no compare-and-set.
+    fn progress_to(last: i64) -> ExportProgress {
+        ExportProgress {
+            last_exported_sequence_number: last,
+            last_export_time_ms: 1,
+            error_message: None,
+            exported_bytes_delta: 1,
+            exported_messages_delta: 1,
+            skipped_messages_delta: 0,
+            expected_last_exported_sequence_number: None,
+            expected_incarnation: None,
+        }
+    }
+
     fn fill(e: &mut Engine, stream: &str, n: usize) {
         let payload = vec![7u8; 100];
         let items: Vec<AppendItem<'_>> = (0..n)
@@ -1224,15 +1251,7 @@ mod tests {
             .expect("fjall's journal layout changed: JournalSync must follow it");
         let path = dir.path().join(format!("{id}.jnl"));
         // Incompressible, so it appears in the journal as it is.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let payload: Vec<u8> = (0..64)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let payload = crate::load::payload_for(0x2545_f491, 64);
         let in_journal = || {
             std::fs::read(&path)
                 .unwrap()
@@ -1260,14 +1279,7 @@ mod tests {
     fn a_commit_for_an_older_incarnation_or_cursor_is_refused_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut e = Engine::open(dir.path()).unwrap();
-        let mut d = StreamDefinition::new("s", StrategyOnFull::RejectNewData);
-        d.exports.kinesis.push(bus_schema::KinesisConfig {
-            common: ExportCommon {
-                identifier: "k".into(),
-                ..Default::default()
-            },
-            kinesis_stream_name: "x".into(),
-        });
+        let d = exported("s");
         e.create(&d).unwrap();
         fill(&mut e, "s", 10);
         let old = e.describe("s").unwrap().incarnation;
@@ -1277,14 +1289,9 @@ mod tests {
         let new = e.describe("s").unwrap().incarnation;
         assert_ne!(old, new, "a stream created again must be a new incarnation");
         let progress = |incarnation: u64, expected_cursor: i64| ExportProgress {
-            last_exported_sequence_number: 4,
-            last_export_time_ms: 1,
-            error_message: None,
-            exported_bytes_delta: 5,
-            exported_messages_delta: 5,
-            skipped_messages_delta: 0,
             expected_last_exported_sequence_number: Some(expected_cursor),
             expected_incarnation: Some(incarnation),
+            ..progress_to(4)
         };
         let cursor =
             |e: &Engine| e.describe("s").unwrap().export_statuses[0].last_exported_sequence_number;
@@ -1303,27 +1310,10 @@ mod tests {
     fn deleting_a_stream_removes_its_data_and_cursors_from_disk() {
         let dir = tempfile::tempdir().unwrap();
         let mut e = Engine::open(dir.path()).unwrap();
-        let mut d = StreamDefinition::new("s", StrategyOnFull::RejectNewData);
-        d.exports.kinesis.push(bus_schema::KinesisConfig {
-            common: ExportCommon {
-                identifier: "k".into(),
-                ..Default::default()
-            },
-            kinesis_stream_name: "x".into(),
-        });
+        let d = exported("s");
         e.create(&d).unwrap();
         fill(&mut e, "s", 10_000);
-        let progress = ExportProgress {
-            last_exported_sequence_number: 5,
-            last_export_time_ms: 1,
-            error_message: None,
-            exported_bytes_delta: 1,
-            exported_messages_delta: 1,
-            skipped_messages_delta: 0,
-            expected_last_exported_sequence_number: None,
-            expected_incarnation: None,
-        };
-        e.commit_export("s", "k", &progress).unwrap();
+        e.commit_export("s", "k", &progress_to(5)).unwrap();
         assert_eq!(data_keys(&e), 10_000);
         e.delete("s").unwrap();
         assert_eq!(
@@ -1417,14 +1407,9 @@ mod tests {
             let first_ms = r[0].as_ref().unwrap().1;
             assert_eq!(lag(&e), Some(first_ms));
             let progress = ExportProgress {
-                last_exported_sequence_number: 1,
-                last_export_time_ms: 1,
-                error_message: None,
                 exported_bytes_delta: 2,
                 exported_messages_delta: 2,
-                skipped_messages_delta: 0,
-                expected_last_exported_sequence_number: None,
-                expected_incarnation: None,
+                ..progress_to(1)
             };
             e.commit_export(&name, "k", &progress).unwrap();
             assert_eq!(lag(&e), None, "all exported");

@@ -68,16 +68,11 @@ fn a_request_in_flight_when_the_store_dies_fails_at_once_and_the_client_recovers
     let c = rt.block_on(async {
         BusClient::connect_in_runtime(&endpoint, BusClientConfig::default()).unwrap()
     });
-    let read = Request::Read {
-        stream: "wait".into(),
-        start_sequence_number: Some(0),
-        min_count: Some(1),
-        max_count: None,
-        wait_ms: Some(20_000),
-        max_bytes: None,
-    };
     let (r, took) = rt.block_on(async {
-        let pending = c.submit(read, Duration::from_secs(30)).await.unwrap();
+        let pending = c
+            .submit(long_poll_read("wait"), Duration::from_secs(30))
+            .await
+            .unwrap();
         let killer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
             store.kill9();

@@ -197,17 +197,7 @@ fn a_request_in_flight_when_the_store_dies_fails_at_once() {
     let reader = c.clone();
     let t = std::thread::spawn(move || {
         let start = Instant::now();
-        let r = reader.call(
-            Request::Read {
-                stream: "wait".into(),
-                start_sequence_number: Some(0),
-                min_count: Some(1),
-                max_count: None,
-                wait_ms: Some(20_000),
-                max_bytes: None,
-            },
-            Duration::from_secs(30),
-        );
+        let r = reader.call(long_poll_read("wait"), Duration::from_secs(30));
         (r, start.elapsed())
     });
     std::thread::sleep(Duration::from_millis(300));

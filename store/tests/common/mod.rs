@@ -90,6 +90,18 @@ pub fn create(client: &BusClient, def: StreamDefinition) {
     assert!(matches!(r, Ok(Response::Created)), "{r:?}");
 }
 
+/// A read of `stream` from its start that waits up to 20 s for a message.
+pub fn long_poll_read(stream: &str) -> Request {
+    Request::Read {
+        stream: stream.into(),
+        start_sequence_number: Some(0),
+        min_count: Some(1),
+        max_count: None,
+        wait_ms: Some(20_000),
+        max_bytes: None,
+    }
+}
+
 pub fn def(name: &str) -> StreamDefinition {
     StreamDefinition::new(name, StrategyOnFull::RejectNewData)
 }

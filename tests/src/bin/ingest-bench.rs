@@ -275,6 +275,30 @@ async fn bus_latency(root: &Path, total: usize, rate_per_s: f64) -> Result<Vec<D
     Ok(latencies)
 }
 
+/// A table row of latencies: p50 and p99, then the note, the maximum and the
+/// wait for a quiet store.
+fn latency_row(
+    what: &str,
+    mut lat: Vec<Duration>,
+    note: &str,
+    waited: Duration,
+) -> (String, String, String) {
+    lat.sort();
+    (
+        format!("{what} ({} appends)", lat.len()),
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms",
+            percentile_ms(&lat, 0.5),
+            percentile_ms(&lat, 0.99)
+        ),
+        format!(
+            "{note}; max {:.2} ms; waited {:.1} s for a quiet store",
+            percentile_ms(&lat, 1.0),
+            waited.as_secs_f64()
+        ),
+    )
+}
+
 fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -406,23 +430,12 @@ async fn bench(tmp: &Path, quick: bool, latency_only: bool) -> Result<()> {
     // 2. Latency at a steady rate.
     let waited = wait_quiet(spid).await;
     let steady = 100_000 / scale;
-    let (achieved, mut lat) = load(port, steady, Some(STEADY_RATE_PER_S)).await?;
-    lat.sort();
-    rows.push((
-        format!(
-            "append latency at a steady 10,000/s ({} appends)",
-            lat.len()
-        ),
-        format!(
-            "p50 {:.2} ms, p99 {:.2} ms",
-            percentile_ms(&lat, 0.5),
-            percentile_ms(&lat, 0.99)
-        ),
-        format!(
-            "goal p99 <= 2 ms; max {:.2} ms; achieved {achieved:.0}/s; waited {:.1} s for a quiet store",
-            percentile_ms(&lat, 1.0),
-            waited.as_secs_f64()
-        ),
+    let (achieved, lat) = load(port, steady, Some(STEADY_RATE_PER_S)).await?;
+    rows.push(latency_row(
+        "append latency at a steady 10,000/s",
+        lat,
+        &format!("goal p99 <= 2 ms; achieved {achieved:.0}/s"),
+        waited,
     ));
 
     drop((store, ingest));
@@ -432,23 +445,12 @@ async fn bench(tmp: &Path, quick: bool, latency_only: bool) -> Result<()> {
     let root = tmp.join("bus-latency");
     let store = start_store(&root).await?;
     let waited = wait_quiet(store.0.id()).await;
-    let mut lat = bus_latency(&root, steady, STEADY_RATE_PER_S).await?;
-    lat.sort();
-    rows.push((
-        format!(
-            "same load straight to the store over the bus, no ingest ({} appends)",
-            lat.len()
-        ),
-        format!(
-            "p50 {:.2} ms, p99 {:.2} ms",
-            percentile_ms(&lat, 0.5),
-            percentile_ms(&lat, 0.99)
-        ),
-        format!(
-            "reference; max {:.2} ms; waited {:.1} s for a quiet store",
-            percentile_ms(&lat, 1.0),
-            waited.as_secs_f64()
-        ),
+    let lat = bus_latency(&root, steady, STEADY_RATE_PER_S).await?;
+    rows.push(latency_row(
+        "same load straight to the store over the bus, no ingest",
+        lat,
+        "reference",
+        waited,
     ));
     drop(store);
 
