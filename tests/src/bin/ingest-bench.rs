@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ciborium::Value;
 use serde::Deserialize;
-use stream_manager_tests::{cpu_secs, rss_kib, wire_client};
+use stream_manager_tests::{cpu_secs, peak_rss_kib, rss_kib, wire_client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -513,13 +513,7 @@ async fn bench(tmp: &Path, quick: bool, latency_only: bool) -> Result<()> {
             waited.as_secs_f64()
         ),
     ));
-    let hwm = std::fs::read_to_string(format!("/proc/{ipid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let hwm = peak_rss_kib(ipid);
     rows.push((
         "ingest peak RSS under load".into(),
         format!("{} MiB", hwm / 1024),
