@@ -7,7 +7,7 @@
 //! then be ahead of the disk, so the process must exit and be restarted, which
 //! reopens a consistent database (fjall's own advice after a failed write).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use bus_schema::{
@@ -15,10 +15,11 @@ use bus_schema::{
     StrategyOnFull, StreamDefinition, StreamInfo, MESSAGE_PAYLOAD_BYTES_MAX,
     READ_RESPONSE_BYTES_TARGET,
 };
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
 
 use crate::keys::*;
 use crate::validate;
+use crate::wal::{Keyspaces, Ks, WriteSet, Writer, LOG_DIR};
 
 /// Bytes counted per message on top of its payload (key, ingest time and
 /// bookkeeping), so that `maxSize` bounds memory and disk even for tiny
@@ -49,6 +50,8 @@ pub const BACKGROUND_SYNC_INTERVAL_MS: u64 = 50;
 /// (seen here: every thread parked in `flume::send` inside
 /// `inner_rotate_memtable`); a second worker drains stale messages.
 pub const WORKER_THREADS: usize = 2;
+/// The name fjall gives its worker threads.
+const FJALL_WORKER_NAME: &str = "fjall:worker";
 /// Journal size after which fjall flushes memtables, in bytes.
 pub const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
@@ -119,6 +122,13 @@ struct Segment {
     rec: SegmentRecord,
 }
 
+/// A data record in the write-ahead log that fjall may not hold yet.
+struct Unapplied {
+    seq: u64,
+    ticket: u64,
+    value: Slice,
+}
+
 struct MemRecord {
     ingest_ms: u64,
     payload: Vec<u8>,
@@ -136,10 +146,19 @@ struct Stream {
     total_bytes: u64,
     /// Records `oldest..next` of a Memory stream.
     mem: Option<VecDeque<MemRecord>>,
+    /// Data records of a File stream logged but maybe not yet in fjall, in
+    /// sequence order; every earlier record is in fjall.
+    unapplied: VecDeque<Unapplied>,
     cursors: BTreeMap<String, ExportStatus>,
 }
 
 impl Stream {
+    /// The logged value of `seq`, if fjall may not hold it yet.
+    fn unapplied_value(&self, seq: u64) -> Option<&[u8]> {
+        let first = self.unapplied.front()?.seq;
+        let u = self.unapplied.get(seq.checked_sub(first)? as usize)?;
+        (u.seq == seq).then_some(&u.value[..])
+    }
     fn is_file(&self) -> bool {
         self.mem.is_none()
     }
@@ -250,6 +269,7 @@ impl BackgroundSync {
             std::thread::Builder::new()
                 .name("store-sync".into())
                 .spawn(move || {
+                    crate::priority::lower_current_thread();
                     let mut journal = JournalSync { dir, open: None };
                     while !stop.load(Ordering::SeqCst) {
                         // Parked, not asleep, so that a stop is immediate.
@@ -342,6 +362,9 @@ pub struct Engine {
     ks_data: Keyspace,
     ks_meta: Keyspace,
     streams: BTreeMap<String, Stream>,
+    /// Streams whose `unapplied` is not empty.
+    with_unapplied: BTreeSet<String>,
+    writer: Writer,
     next_stream_id: u64,
     gc: VecDeque<GcJob>,
     pub stats: EngineStats,
@@ -378,8 +401,33 @@ impl Engine {
         let ks_data = db
             .keyspace(KS_DATA, data_keyspace_options)
             .map_err(|e| fail(e.to_string()))?;
+        let keyspaces = Keyspaces {
+            db: db.clone(),
+            by_tag: [
+                ks_streams.clone(),
+                ks_state.clone(),
+                ks_meta.clone(),
+                ks_data.clone(),
+            ],
+        };
+        let log_dir = dir.join(LOG_DIR);
+        let replayed = crate::wal::replay(&log_dir, &keyspaces).map_err(|e| {
+            fail(format!(
+                "cannot replay the write-ahead log in {}: {e}",
+                log_dir.display()
+            ))
+        })?;
+        if replayed.applied > 0 {
+            tracing::info!(
+                changes = replayed.applied,
+                "replayed changes from the write-ahead log"
+            );
+        }
         let sync = BackgroundSync::start(db.clone(), dir.to_path_buf())
             .map_err(|e| fail(format!("cannot start the sync thread: {e}")))?;
+        let writer = Writer::start(&log_dir, keyspaces, &replayed, sync.dirty.clone())
+            .map_err(|e| fail(format!("cannot start the write-ahead log: {e}")))?;
+        crate::priority::lower_threads_named(FJALL_WORKER_NAME, WORKER_THREADS);
         let mut engine = Engine {
             path: dir.to_path_buf(),
             sync,
@@ -389,6 +437,8 @@ impl Engine {
             ks_data,
             ks_meta,
             streams: BTreeMap::new(),
+            with_unapplied: BTreeSet::new(),
+            writer,
             next_stream_id: 1,
             gc: VecDeque::new(),
             stats: EngineStats::default(),
@@ -428,6 +478,7 @@ impl Engine {
                     segments: VecDeque::new(),
                     total_bytes: 0,
                     mem: memory.then(VecDeque::new),
+                    unapplied: VecDeque::new(),
                     cursors: BTreeMap::new(),
                 },
             );
@@ -514,12 +565,15 @@ impl Engine {
                     Some(mem) => mem
                         .get((seq - s.oldest) as usize)
                         .map(|r| r.ingest_ms as i64),
-                    None => self
-                        .ks_data
-                        .get(data_key(s.id, seq))
-                        .ok()
-                        .flatten()
-                        .and_then(|v| parse_data_value(&v).map(|(ms, _)| ms as i64)),
+                    None => match s.unapplied_value(seq) {
+                        Some(v) => parse_data_value(v).map(|(ms, _)| ms as i64),
+                        None => self
+                            .ks_data
+                            .get(data_key(s.id, seq))
+                            .ok()
+                            .flatten()
+                            .and_then(|v| parse_data_value(&v).map(|(ms, _)| ms as i64)),
+                    },
                 }
             };
         }
@@ -535,14 +589,14 @@ impl Engine {
         let id = self.next_stream_id;
         let created_ms = now_ms();
         let memory = def.persistence == Some(Persistence::Memory);
-        let mut batch = self.db.batch();
+        let mut batch = WriteSet::default();
         batch.insert(
-            &self.ks_meta,
+            Ks::Meta,
             META_NEXT_STREAM_ID,
             (id + 1).to_be_bytes().to_vec(),
         );
         batch.insert(
-            &self.ks_streams,
+            Ks::Streams,
             def.name.as_bytes(),
             cbor(&StreamRecord {
                 id,
@@ -552,7 +606,7 @@ impl Engine {
         );
         if !memory {
             batch.insert(
-                &self.ks_state,
+                Ks::State,
                 state_key(id),
                 cbor(&StreamState {
                     oldest: 0,
@@ -560,10 +614,7 @@ impl Engine {
                 }),
             );
         }
-        batch.commit()?;
-        self.sync
-            .dirty
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.commit(batch, false)?;
         self.next_stream_id = id + 1;
         self.streams.insert(
             def.name.clone(),
@@ -576,6 +627,7 @@ impl Engine {
                 segments: VecDeque::new(),
                 total_bytes: 0,
                 mem: memory.then(VecDeque::new),
+                unapplied: VecDeque::new(),
                 cursors: BTreeMap::new(),
             },
         );
@@ -613,9 +665,9 @@ impl Engine {
             })
             .cloned()
             .collect();
-        let mut batch = self.db.batch();
+        let mut batch = WriteSet::default();
         batch.insert(
-            &self.ks_streams,
+            Ks::Streams,
             new.name.as_bytes(),
             cbor(&StreamRecord {
                 id: sid,
@@ -625,13 +677,10 @@ impl Engine {
         );
         if is_file {
             for id in &reset {
-                batch.remove(&self.ks_state, cursor_key(sid, id));
+                batch.remove(Ks::State, cursor_key(sid, id));
             }
         }
-        batch.commit()?;
-        self.sync
-            .dirty
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.commit(batch, false)?;
         let stream = self
             .streams
             .get_mut(&def.name)
@@ -647,19 +696,24 @@ impl Engine {
     }
 
     pub fn delete(&mut self, name: &str) -> Result<(), EngineError> {
+        if !self.streams.contains_key(name) {
+            return Err(not_found(name));
+        }
+        // The state keys are listed from fjall: let it hold them all.
+        self.writer.wait_applied().map_err(EngineError::Storage)?;
         let stream = self.streams.get(name).ok_or_else(|| not_found(name))?;
         let sid = stream.id;
-        let mut batch = self.db.batch();
-        batch.remove(&self.ks_streams, name.as_bytes());
+        let mut batch = WriteSet::default();
+        batch.remove(Ks::Streams, name.as_bytes());
         let mut job = None;
         if stream.is_file() {
             for item in self.ks_state.prefix(sid.to_be_bytes()) {
                 let k = item.key()?;
-                batch.remove(&self.ks_state, k);
+                batch.remove(Ks::State, k);
             }
             if stream.next > stream.oldest {
                 batch.insert(
-                    &self.ks_meta,
+                    Ks::Meta,
                     gc_key(sid, stream.oldest),
                     stream.next.to_be_bytes().to_vec(),
                 );
@@ -670,11 +724,9 @@ impl Engine {
                 });
             }
         }
-        batch.commit()?;
-        self.sync
-            .dirty
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.commit(batch, false)?;
         self.streams.remove(name);
+        self.with_unapplied.remove(name);
         self.gc.extend(job);
         Ok(())
     }
@@ -683,9 +735,11 @@ impl Engine {
     /// any stream in it has `flushOnWrite` (group commit). Results are in the
     /// order of `items`; an item's error leaves the others unaffected.
     pub fn append_batch(&mut self, items: &[AppendItem<'_>]) -> Result<BatchOutcome, EngineError> {
+        self.reclaim_applied();
         let now = now_ms();
+        let ticket = self.writer.next_ticket();
         let mut results = Vec::with_capacity(items.len());
-        let mut batch = self.db.batch();
+        let mut batch = WriteSet::default();
         let mut sync = false;
         let mut touched: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for item in items {
@@ -696,16 +750,7 @@ impl Engine {
                 )));
                 continue;
             };
-            match Self::append_one(
-                stream,
-                item.payload,
-                now,
-                &self.ks_data,
-                &mut batch,
-                &mut self.gc,
-                &self.ks_meta,
-                &self.ks_state,
-            ) {
+            match Self::append_one(stream, item.payload, now, ticket, &mut batch, &mut self.gc) {
                 Ok((seq, dropped)) => {
                     self.stats.segments_dropped += dropped;
                     sync |= stream.is_file() && stream.def.flush_on_write == Some(true);
@@ -730,39 +775,38 @@ impl Engine {
                 continue;
             }
             for seg in stream.segments.iter().filter(|s| firsts.contains(&s.first)) {
-                batch.insert(
-                    &self.ks_state,
-                    segment_key(stream.id, seg.first),
-                    cbor(&seg.rec),
-                );
+                batch.insert(Ks::State, segment_key(stream.id, seg.first), cbor(&seg.rec));
             }
         }
         if !batch.is_empty() {
             if sync {
-                batch = batch.durability(Some(PersistMode::SyncData));
                 self.stats.syncs += 1;
             }
-            batch.commit()?;
-            if !sync {
-                self.sync
-                    .dirty
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            let committed = self.commit(batch, sync)?;
+            debug_assert_eq!(committed, ticket);
+            for name in newest.iter().map(|(n, _)| n) {
+                if self
+                    .streams
+                    .get(name)
+                    .is_some_and(|s| !s.unapplied.is_empty())
+                {
+                    self.with_unapplied.insert(name.clone());
+                }
             }
         }
         self.stats.appends += results.iter().filter(|r| r.is_ok()).count() as u64;
         Ok((results, newest))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Appends one message to `stream`'s memory and `batch` (to be
+    /// committed as `ticket`).
     fn append_one(
         stream: &mut Stream,
         payload: &[u8],
         now: u64,
-        ks_data: &Keyspace,
-        batch: &mut fjall::OwnedWriteBatch,
+        ticket: u64,
+        batch: &mut WriteSet,
         gc: &mut VecDeque<GcJob>,
-        ks_meta: &Keyspace,
-        ks_state: &Keyspace,
     ) -> Result<(u64, u64), ErrorReply> {
         if payload.is_empty() {
             return Err(ErrorReply::new(
@@ -813,7 +857,7 @@ impl Engine {
                 }
             }
             dropped = firsts.len() as u64;
-            Self::persist_trim(stream, prev_oldest, &firsts, batch, gc, ks_meta, ks_state);
+            Self::persist_trim(stream, prev_oldest, &firsts, batch, gc);
         }
         let seq = stream.next;
         stream.next += 1;
@@ -840,7 +884,11 @@ impl Engine {
                 ingest_ms: now,
                 payload: payload.to_vec(),
             }),
-            None => batch.insert(ks_data, data_key(stream.id, seq), data_value(now, payload)),
+            None => {
+                let value = Slice::from(data_value(now, payload));
+                batch.insert(Ks::Data, data_key(stream.id, seq).to_vec(), value.clone());
+                stream.unapplied.push_back(Unapplied { seq, ticket, value });
+            }
         }
         Ok((seq, dropped))
     }
@@ -867,19 +915,17 @@ impl Engine {
         stream: &Stream,
         prev_oldest: u64,
         dropped_firsts: &[u64],
-        batch: &mut fjall::OwnedWriteBatch,
+        batch: &mut WriteSet,
         gc: &mut VecDeque<GcJob>,
-        ks_meta: &Keyspace,
-        ks_state: &Keyspace,
     ) {
         if !stream.is_file() || stream.oldest <= prev_oldest {
             return;
         }
         for first in dropped_firsts {
-            batch.remove(ks_state, segment_key(stream.id, *first));
+            batch.remove(Ks::State, segment_key(stream.id, *first));
         }
         batch.insert(
-            ks_state,
+            Ks::State,
             state_key(stream.id),
             cbor(&StreamState {
                 oldest: stream.oldest,
@@ -887,7 +933,7 @@ impl Engine {
             }),
         );
         batch.insert(
-            ks_meta,
+            Ks::Meta,
             gc_key(stream.id, prev_oldest),
             stream.oldest.to_be_bytes().to_vec(),
         );
@@ -916,20 +962,9 @@ impl Engine {
         }
         let dropped = firsts.len() as u64;
         if dropped > 0 && stream.is_file() {
-            let mut batch = self.db.batch();
-            Self::persist_trim(
-                stream,
-                prev_oldest,
-                &firsts,
-                &mut batch,
-                &mut self.gc,
-                &self.ks_meta,
-                &self.ks_state,
-            );
-            batch.commit()?;
-            self.sync
-                .dirty
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut batch = WriteSet::default();
+            Self::persist_trim(stream, prev_oldest, &firsts, &mut batch, &mut self.gc);
+            self.commit(batch, false)?;
         }
         self.stats.segments_dropped += dropped;
         Ok(dropped)
@@ -958,27 +993,21 @@ impl Engine {
 
     /// Removes up to `GC_KEYS_PER_STEP` data keys scheduled for removal.
     pub fn gc_step(&mut self) -> Result<(), EngineError> {
-        let Some(job) = self.gc.front_mut() else {
+        let Some(job) = self.gc.front() else {
             return Ok(());
         };
-        let end = job.to.min(job.from + GC_KEYS_PER_STEP);
-        let mut batch = self.db.batch();
-        for seq in job.from..end {
-            batch.remove(&self.ks_data, data_key(job.sid, seq).to_vec());
+        let (sid, from, to) = (job.sid, job.from, job.to);
+        let end = to.min(from + GC_KEYS_PER_STEP);
+        let mut batch = WriteSet::default();
+        for seq in from..end {
+            batch.remove(Ks::Data, data_key(sid, seq).to_vec());
         }
-        batch.remove(&self.ks_meta, gc_key(job.sid, job.from));
-        if end < job.to {
-            batch.insert(
-                &self.ks_meta,
-                gc_key(job.sid, end),
-                job.to.to_be_bytes().to_vec(),
-            );
+        batch.remove(Ks::Meta, gc_key(sid, from));
+        if end < to {
+            batch.insert(Ks::Meta, gc_key(sid, end), to.to_be_bytes().to_vec());
         }
-        batch.commit()?;
-        self.sync
-            .dirty
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        if end < job.to {
+        self.commit(batch, false)?;
+        if let (true, Some(job)) = (end < to, self.gc.front_mut()) {
             job.from = end;
         } else {
             self.gc.pop_front();
@@ -1022,6 +1051,29 @@ impl Engine {
         if from >= to {
             return Ok(out);
         }
+        // Adds a File record to `out`; false once the byte budget is spent.
+        let take = |seq: Option<u64>,
+                    value: &[u8],
+                    out: &mut Vec<Message>,
+                    bytes: &mut usize|
+         -> Result<bool, EngineError> {
+            let (Some(seq), Some((ms, payload))) = (seq, parse_data_value(value)) else {
+                return Err(EngineError::Refused(ErrorReply::new(
+                    ErrorKind::StoreReadError,
+                    format!("stream {name:?} has a malformed record"),
+                )));
+            };
+            if !out.is_empty() && *bytes + payload.len() > max_bytes {
+                return Ok(false);
+            }
+            *bytes += payload.len();
+            out.push(Message {
+                sequence_number: seq as i64,
+                ingest_time_ms: ms as i64,
+                payload: payload.to_vec(),
+            });
+            Ok(true)
+        };
         match &s.mem {
             Some(mem) => {
                 let skip = (from - s.oldest) as usize;
@@ -1038,8 +1090,10 @@ impl Engine {
                 }
             }
             None => {
-                let lo = data_key(s.id, from);
-                let hi = data_key(s.id, to);
+                // fjall holds every record before the first unapplied one.
+                let split = s.unapplied.front().map_or(to, |u| u.seq.clamp(from, to));
+                let (lo, hi) = (data_key(s.id, from), data_key(s.id, split));
+                let mut full = false;
                 for item in self.ks_data.range(lo..hi) {
                     let (k, v) = item.into_inner().map_err(|e| {
                         EngineError::Refused(ErrorReply::new(
@@ -1047,23 +1101,19 @@ impl Engine {
                             format!("reading stream {name:?} failed: {e}"),
                         ))
                     })?;
-                    let (Some((_, seq)), Some((ms, payload))) =
-                        (parse_data_key(&k), parse_data_value(&v))
-                    else {
-                        return Err(EngineError::Refused(ErrorReply::new(
-                            ErrorKind::StoreReadError,
-                            format!("stream {name:?} has a malformed record"),
-                        )));
-                    };
-                    if !out.is_empty() && bytes + payload.len() > max_bytes {
+                    let seq = parse_data_key(&k).map(|(_, seq)| seq);
+                    if !take(seq, &v, &mut out, &mut bytes)? {
+                        full = true;
                         break;
                     }
-                    bytes += payload.len();
-                    out.push(Message {
-                        sequence_number: seq as i64,
-                        ingest_time_ms: ms as i64,
-                        payload: payload.to_vec(),
-                    });
+                }
+                if !full {
+                    let pending = s.unapplied.iter().skip_while(|u| u.seq < split);
+                    for u in pending.take_while(|u| u.seq < to) {
+                        if !take(Some(u.seq), &u.value, &mut out, &mut bytes)? {
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -1147,14 +1197,14 @@ impl Engine {
         status.skipped_messages = status
             .skipped_messages
             .saturating_add(progress.skipped_messages_delta);
+        let mut batch = WriteSet::default();
         if s.is_file() {
-            self.ks_state
-                .insert(cursor_key(s.id, identifier), cbor(&status))?;
-            self.sync
-                .dirty
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            batch.insert(Ks::State, cursor_key(s.id, identifier), cbor(&status));
         }
         s.cursors.insert(identifier.to_string(), status);
+        if !batch.is_empty() {
+            self.commit(batch, false)?;
+        }
         Ok(())
     }
 
@@ -1166,17 +1216,45 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+            .or_else(|| self.writer.failure())
     }
 
-    /// Syncs everything written so far to disk.
+    /// Syncs everything written so far to disk (in fjall).
     pub fn sync(&self) -> Result<(), EngineError> {
+        self.writer.wait_applied().map_err(EngineError::Storage)?;
         self.db.persist(PersistMode::SyncAll)?;
         Ok(())
+    }
+
+    /// Logs `batch` and queues it for fjall (see [`crate::wal`]); returns its
+    /// ticket. A failure is fatal, as any failed write.
+    fn commit(&mut self, batch: WriteSet, sync: bool) -> Result<u64, EngineError> {
+        self.writer
+            .commit(batch, sync)
+            .map_err(EngineError::Storage)
+    }
+
+    /// Forgets the unapplied data records fjall now holds.
+    pub fn reclaim_applied(&mut self) {
+        if self.with_unapplied.is_empty() {
+            return;
+        }
+        let applied = self.writer.applied();
+        self.with_unapplied.retain(|name| {
+            let Some(s) = self.streams.get_mut(name) else {
+                return false;
+            };
+            while s.unapplied.front().is_some_and(|u| u.ticket <= applied) {
+                s.unapplied.pop_front();
+            }
+            !s.unapplied.is_empty()
+        });
     }
 
     /// Clean stop: writes the memtables out as tables (so the next open has
     /// no journal to replay into memory) and syncs.
     pub fn close(&self) -> Result<(), EngineError> {
+        self.writer.wait_applied().map_err(EngineError::Storage)?;
         for ks in [
             &self.ks_data,
             &self.ks_state,
@@ -1195,10 +1273,12 @@ mod tests {
     use bus_schema::ExportCommon;
 
     fn data_keys(e: &Engine) -> usize {
+        e.writer.wait_applied().unwrap();
         e.ks_data.iter().count()
     }
 
     fn state_keys(e: &Engine) -> usize {
+        e.writer.wait_applied().unwrap();
         e.ks_state.iter().count()
     }
 
@@ -1239,6 +1319,99 @@ mod tests {
             .collect();
         let (results, _) = e.append_batch(&items).unwrap();
         assert!(results.iter().all(|r| r.is_ok()));
+    }
+
+    fn append_numbered(e: &mut Engine, stream: &str, numbers: std::ops::Range<u8>) {
+        let payloads: Vec<Vec<u8>> = numbers.map(|i| vec![i; 64]).collect();
+        let items: Vec<AppendItem<'_>> = payloads
+            .iter()
+            .map(|payload| AppendItem { stream, payload })
+            .collect();
+        let (results, _) = e.append_batch(&items).unwrap();
+        assert!(results.iter().all(|r| r.is_ok()));
+    }
+
+    /// The first byte of each payload read from `stream`, in order.
+    fn numbers(e: &Engine, stream: &str) -> Vec<u8> {
+        let read = e.read(stream, 0, u64::MAX).unwrap();
+        for (i, m) in read.iter().enumerate() {
+            assert_eq!(m.sequence_number, i as i64);
+        }
+        read.iter().map(|m| m.payload[0]).collect()
+    }
+
+    /// What a crash at this instant leaves on disk.
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn changes_logged_but_not_yet_in_fjall_are_read_and_survive_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = tempfile::tempdir().unwrap();
+        let torn = tempfile::tempdir().unwrap();
+        let mut e = Engine::open(dir.path()).unwrap();
+        e.create(&exported("s")).unwrap();
+        append_numbered(&mut e, "s", 0..3);
+        e.writer.wait_applied().unwrap();
+        {
+            let gate = e.writer.applier_gate();
+            let _held = gate.lock().unwrap();
+            append_numbered(&mut e, "s", 3..7);
+            e.commit_export("s", "k", &progress_to(4)).unwrap();
+            append_numbered(&mut e, "s", 7..8);
+            assert!(e.writer.applied() < e.writer.next_ticket() - 1);
+            assert_eq!(numbers(&e, "s"), (0..8).collect::<Vec<_>>());
+            let read = e.read("s", 2, 3).unwrap();
+            let seqs: Vec<i64> = read.iter().map(|m| m.sequence_number).collect();
+            assert_eq!(seqs, [2, 3, 4], "a range across fjall and the log");
+            let lag = e.describe("s").unwrap().export_statuses[0].oldest_unexported_ingest_ms;
+            assert!(lag.is_some(), "message 5 is found while unapplied");
+            copy_dir(dir.path(), crashed.path());
+            copy_dir(dir.path(), torn.path());
+        }
+        drop(e);
+
+        let e = Engine::open(crashed.path()).unwrap();
+        assert_eq!(numbers(&e, "s"), (0..8).collect::<Vec<_>>());
+        let status = &e.describe("s").unwrap().export_statuses[0];
+        assert_eq!(status.last_exported_sequence_number, 4);
+        assert_eq!(data_keys(&e), 8);
+        drop(e);
+
+        // A crash in the middle of writing the last record loses that
+        // record (never acknowledged) and nothing before it.
+        let log_dir = torn.path().join(LOG_DIR);
+        let last = std::fs::read_dir(&log_dir)
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        let len = std::fs::metadata(&last).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+        f.set_len(len - 3).unwrap();
+        let mut e = Engine::open(torn.path()).unwrap();
+        assert_eq!(numbers(&e, "s"), (0..7).collect::<Vec<_>>());
+        assert_eq!(
+            e.describe("s").unwrap().export_statuses[0].last_exported_sequence_number,
+            4
+        );
+        append_numbered(&mut e, "s", 9..10);
+        assert_eq!(numbers(&e, "s"), [0, 1, 2, 3, 4, 5, 6, 9]);
+        assert_eq!(
+            std::fs::read_dir(&log_dir).unwrap().count(),
+            1,
+            "replayed files are removed; one new file is active"
+        );
     }
 
     #[test]

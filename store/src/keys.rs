@@ -10,6 +10,7 @@
 //! | `data`    | sid ++ sequence number               | ingest ms (8 bytes) ++ payload |
 //! | `meta`    | `next_stream_id`                     | u64                        |
 //! | `meta`    | `gc` ++ sid ++ from                  | to (u64): data keys to remove |
+//! | `meta`    | `applied_ticket`                     | u64: last write-ahead log record in fjall |
 //!
 //! `sid` is a per-stream id that is never reused, so a deleted stream's data
 //! still being removed never mixes with a new stream of the same name.
@@ -25,6 +26,7 @@ pub const KS_META: &str = "meta";
 
 pub const META_NEXT_STREAM_ID: &[u8] = b"next_stream_id";
 pub const META_GC_PREFIX: &[u8] = b"gc";
+pub const META_APPLIED_TICKET: &[u8] = b"applied_ticket";
 
 const TAG_STATE: u8 = 0;
 const TAG_SEGMENT: u8 = 1;

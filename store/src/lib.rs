@@ -1,7 +1,8 @@
 //! The storage process: the only process that opens the fjall database.
 //!
 //! `engine` stores streams; `server` serves the engine on the bus; `validate`
-//! holds the definition rules; `keys` the on-disk layout. Nothing here knows
+//! holds the definition rules; `keys` the on-disk layout; `wal` the
+//! write-ahead log in front of fjall and the thread that applies it. Nothing here knows
 //! the SDK wire format or any AWS destination.
 
 pub mod bandwidth;
@@ -10,5 +11,7 @@ pub mod engine;
 pub mod keys;
 pub mod load;
 pub mod memory;
+pub mod priority;
 pub mod server;
 pub mod validate;
+pub mod wal;

@@ -14,6 +14,9 @@ use store::config::{ensure_private_dir, StoreConfig};
 use store::engine::Engine;
 use store::server::{Stop, StoreServer};
 
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     store::memory::tune_allocator();
     let config = match StoreConfig::from_lookup(|k| std::env::var(k).ok()) {

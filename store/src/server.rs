@@ -756,6 +756,7 @@ impl StoreServer {
     }
 
     fn housekeeping(&mut self) {
+        self.engine.reclaim_applied();
         if let Some(e) = self.engine.background_sync_failure() {
             self.fatal(EngineError::Storage(format!("background sync failed: {e}")));
         }
