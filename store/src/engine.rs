@@ -409,6 +409,12 @@ impl Engine {
                 ks_meta.clone(),
                 ks_data.clone(),
             ],
+            rotate_at: [
+                SMALL_MEMTABLE_BYTES,
+                SMALL_MEMTABLE_BYTES,
+                SMALL_MEMTABLE_BYTES,
+                DATA_MEMTABLE_BYTES,
+            ],
         };
         let log_dir = dir.join(LOG_DIR);
         let replayed = crate::wal::replay(&log_dir, &keyspaces).map_err(|e| {

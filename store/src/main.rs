@@ -14,8 +14,18 @@ use store::config::{ensure_private_dir, StoreConfig};
 use store::engine::Engine;
 use store::server::{Stop, StoreServer};
 
+/// The store's allocator; see `store::memory`.
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc reads its settings from this symbol (named with the prefix the
+/// `tikv-jemalloc-sys` build gives every jemalloc symbol).
+#[export_name = "_rjem_malloc_conf"]
+pub static JEMALLOC_CONF: &[u8; store::memory::JEMALLOC_CONF.len()] =
+    match store::memory::JEMALLOC_CONF.first_chunk() {
+        Some(conf) => conf,
+        None => unreachable!(),
+    };
 
 fn main() -> ExitCode {
     store::memory::tune_allocator();

@@ -35,9 +35,6 @@ pub const EVENT_LOG_EVENTS_MAX: usize = 4096;
 pub const WAIT_MS_MAX: i64 = 9_223_372_036_854;
 /// How often TTL expiry runs, in ms.
 pub const EXPIRY_INTERVAL_MS: u64 = 1000;
-/// Free allocator memory is returned to the kernel after this many bytes
-/// were appended since the last time.
-pub const TRIM_AFTER_APPENDED_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Why the loop stopped.
 #[derive(Debug)]
@@ -121,7 +118,6 @@ pub struct StoreServer {
     stop: Option<Stop>,
     /// Requests skipped because their deadline had passed.
     pub expired_requests: u64,
-    appended_since_trim: u64,
     budget: Budget,
 }
 
@@ -154,7 +150,6 @@ impl StoreServer {
             next_expiry: Instant::now(),
             stop: None,
             expired_requests: 0,
-            appended_since_trim: 0,
             budget: Budget::new(None, Instant::now()),
         }
     }
@@ -368,7 +363,6 @@ impl StoreServer {
         if appends.is_empty() {
             return;
         }
-        self.appended_since_trim += appends.iter().map(|a| a.payload.len() as u64).sum::<u64>();
         let items: Vec<AppendItem<'_>> = appends
             .iter()
             .map(|a| AppendItem {
@@ -765,10 +759,6 @@ impl StoreServer {
             self.next_expiry = now + Duration::from_millis(EXPIRY_INTERVAL_MS);
             if let Err(e) = self.engine.expire(bus::unix_ms()) {
                 self.fatal(e);
-            }
-            if self.appended_since_trim >= TRIM_AFTER_APPENDED_BYTES {
-                self.appended_since_trim = 0;
-                crate::memory::release_free_memory();
             }
         }
         if self.engine.gc_pending() {

@@ -81,6 +81,10 @@ impl Ks {
 pub struct Keyspaces {
     pub db: Database,
     pub by_tag: [Keyspace; 4],
+    /// Memtable size at which the applier rotates each keyspace's memtable,
+    /// in bytes: the keyspace's own `max_memtable_size` (see
+    /// [`Keyspaces::rotate_full`]).
+    pub rotate_at: [u64; 4],
 }
 
 impl Keyspaces {
@@ -88,10 +92,13 @@ impl Keyspaces {
         &self.by_tag[Ks::Meta as usize]
     }
 
-    /// Commits `ops` and the ticket to fjall as one batch.
+    /// Commits `ops` and the ticket to fjall as one batch, then rotates the
+    /// memtables it filled.
     fn apply(&self, ticket: u64, ops: &[Op]) -> Result<(), String> {
         let mut batch = self.db.batch();
+        let mut touched = [false, false, true, false];
         for op in ops {
+            touched[op.ks as usize] = true;
             let ks = &self.by_tag[op.ks as usize];
             match &op.value {
                 Some(v) => batch.insert(ks, op.key.clone(), v.clone()),
@@ -103,7 +110,26 @@ impl Keyspaces {
             META_APPLIED_TICKET,
             ticket.to_be_bytes().to_vec(),
         );
-        batch.commit().map_err(|e| e.to_string())
+        batch.commit().map_err(|e| e.to_string())?;
+        self.rotate_full(touched)
+    }
+
+    /// Seals each touched memtable that reached its size, here rather than
+    /// in fjall's workers. fjall 3.1.13 asks its workers to rotate with one
+    /// queue message per commit for as long as a memtable is over its size,
+    /// and a worker that rotates then blocks sending to that same bounded
+    /// queue: with fast commits and busy workers, the queue filled and every
+    /// worker blocked forever (seen here, at about 140,000 appends/s). Rotating
+    /// right after the commit that crossed the size leaves at most one stale
+    /// request per rotation, which the worker drops.
+    fn rotate_full(&self, touched: [bool; 4]) -> Result<(), String> {
+        use fjall::AbstractTree;
+        for (i, ks) in self.by_tag.iter().enumerate() {
+            if touched[i] && ks.tree.active_memtable().size() >= self.rotate_at[i] {
+                ks.rotate_memtable().map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
     }
 }
 

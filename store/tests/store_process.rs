@@ -239,6 +239,21 @@ fn definitions_data_and_cursors_survive_a_restart_and_memory_streams_do_not_keep
 }
 
 #[test]
+fn the_store_runs_jemalloc_with_its_background_purge_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreProcess::start(dir.path());
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", store.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim_end().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "jemalloc_bg_thd"),
+        "the embedded jemalloc settings were not applied; threads: {names:?}"
+    );
+}
+
+#[test]
 fn a_second_store_on_the_same_root_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _store = StoreProcess::start(dir.path());
