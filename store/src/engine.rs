@@ -2,10 +2,13 @@
 //! cursors, on fjall (File streams) or in memory (Memory streams).
 //!
 //! Single-threaded by design: the store's event loop owns it and calls it
-//! with batches. It knows nothing of ZeroMQ or of the SDK wire format. A write
-//! that fjall refuses is fatal (`EngineError::Storage`): the engine's memory may
-//! then be ahead of the disk, so the process must exit and be restarted, which
-//! reopens a consistent database (fjall's own advice after a failed write).
+//! with batches. It knows nothing of ZeroMQ or of the SDK wire format. Its
+//! changes go through the write-ahead log ([`crate::wal`]) and reach fjall
+//! shortly after; reads merge fjall with the data records not applied yet. A
+//! write that fails (log or fjall) is fatal (`EngineError::Storage`): the
+//! engine's memory may then be ahead of the disk, so the process must exit
+//! and be restarted, which reopens a consistent database (fjall's own advice
+//! after a failed write).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -37,12 +40,11 @@ pub const DATA_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// Memtable size of the small keyspaces, in bytes.
 pub const SMALL_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
 /// Writes not synced by `flushOnWrite` (appends, and every definition,
-/// cursor, trim and removal) reach the disk within this many ms:
-/// a background thread syncs the journal at this interval when something was
-/// written. Besides bounding what a power loss can take, it keeps each
-/// journal rotation's own sync (done under the journal lock, so appends wait
-/// for it) small: without it, p99 append latency was the time to sync a whole
-/// memtable's worth of journal.
+/// cursor, trim and removal) reach the disk about this many ms after the
+/// applier commits them: a background thread syncs fjall's journal at this
+/// interval when something was committed. Besides bounding what a power loss
+/// can take, it keeps each journal rotation's own sync (done under the
+/// journal lock) small.
 pub const BACKGROUND_SYNC_INTERVAL_MS: u64 = 50;
 
 /// fjall background threads (flush and compaction). Never 1: fjall 3.1.13's
