@@ -34,7 +34,9 @@ pub struct BusClientConfig {
     pub max_in_flight: usize,
     /// How long ZeroMQ waits between reconnect attempts, at first (ms).
     pub reconnect_interval_ms: i32,
-    /// Cap of the reconnect interval (ms).
+    /// Cap of the reconnect interval (ms). The interval doubles from the
+    /// first up to this cap; a restarted store is found at most this long
+    /// after it binds (reconnecting to a local socket costs next to nothing).
     pub reconnect_interval_max_ms: i32,
 }
 
@@ -43,7 +45,7 @@ impl Default for BusClientConfig {
         Self {
             max_in_flight: 1024,
             reconnect_interval_ms: 20,
-            reconnect_interval_max_ms: 500,
+            reconnect_interval_max_ms: 50,
         }
     }
 }
