@@ -35,7 +35,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use fjall::{Database, Keyspace, PersistMode, Slice};
 
@@ -373,6 +373,10 @@ enum Job {
     Release {
         file: u64,
     },
+    /// The last descriptor of a removed log file. Closing it makes the file
+    /// system free the file's blocks (3-5 ms for 16 MiB on ext4, measured),
+    /// so the applier does it, not the event loop.
+    Close(File),
 }
 
 /// What the writer and the applier share. The commit path touches only the
@@ -392,6 +396,13 @@ struct Shared {
     waiting: AtomicUsize,
     wake: Mutex<()>,
     changed: Condvar,
+    /// Jobs for the applier, in order. Lock-free, as is waking the applier
+    /// (`Thread::unpark`): std's channel takes a lock to wake its receiver,
+    /// and with the applier at a lower priority, preempted holding it, a
+    /// commit waited 3-5 ms (measured) several times a second.
+    jobs: crossbeam_queue::SegQueue<Job>,
+    /// No more jobs will come: the applier drains the queue and stops.
+    closed: AtomicBool,
     /// Held by tests to stop the applier between jobs.
     #[cfg(test)]
     gate: Arc<Mutex<()>>,
@@ -457,12 +468,13 @@ pub struct Writer {
     active_bytes: u64,
     /// Whether the directory entry of the active file is known synced.
     active_entry_synced: bool,
+    /// Size at which the active file is sealed ([`LOG_FILE_BYTES`]).
+    file_bytes: u64,
     /// Sealed files the applier has not released yet.
     sealed: VecDeque<(u64, File)>,
     next_ticket: u64,
     buf: Vec<u8>,
     shared: Arc<Shared>,
-    jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -478,12 +490,11 @@ impl Writer {
         let active = create_log(dir, replayed.next_file)?;
         let shared = Arc::new(Shared::default());
         shared.applied.store(replayed.last_ticket, Ordering::SeqCst);
-        let (tx, rx) = mpsc::channel();
         let thread = {
             let (shared, dir) = (shared.clone(), dir.to_path_buf());
             std::thread::Builder::new()
                 .name("store-apply".into())
-                .spawn(move || apply_jobs(&ks, &dir, &rx, &shared, &dirty))?
+                .spawn(move || apply_jobs(&ks, &dir, &shared, &dirty))?
         };
         Ok(Writer {
             dir: dir.to_path_buf(),
@@ -491,11 +502,11 @@ impl Writer {
             active_number: replayed.next_file,
             active_bytes: 0,
             active_entry_synced: false,
+            file_bytes: LOG_FILE_BYTES,
             sealed: VecDeque::new(),
             next_ticket: replayed.last_ticket + 1,
             buf: Vec::new(),
             shared,
-            jobs: Some(tx),
             thread: Some(thread),
         })
     }
@@ -538,7 +549,11 @@ impl Writer {
                 .map_err(|e| format!("syncing the write-ahead log: {e}"))?;
         }
         let released = self.shared.released.load(Ordering::SeqCst);
-        self.sealed.retain(|(n, _)| *n > released);
+        while self.sealed.front().is_some_and(|(n, _)| *n <= released) {
+            if let Some((_, file)) = self.sealed.pop_front() {
+                self.send(Job::Close(file));
+            }
+        }
         let queued = &self.shared.queued_bytes;
         let room = |q: u64| q == 0 || q + set.bytes <= APPLY_QUEUE_BYTES_MAX;
         if !room(queued.load(Ordering::SeqCst)) {
@@ -550,19 +565,19 @@ impl Writer {
             ticket,
             ops: set.ops,
             bytes: set.bytes,
-        })?;
-        if self.active_bytes >= LOG_FILE_BYTES {
+        });
+        if self.active_bytes >= self.file_bytes {
             self.rotate()
                 .map_err(|e| format!("starting a write-ahead log file: {e}"))?;
         }
         Ok(ticket)
     }
 
-    fn send(&self, job: Job) -> Result<(), String> {
-        self.jobs
-            .as_ref()
-            .and_then(|j| j.send(job).ok())
-            .ok_or_else(|| "the write-ahead log applier stopped".to_string())
+    fn send(&self, job: Job) {
+        self.shared.jobs.push(job);
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
     }
 
     /// Syncs every log file whose changes may not be in fjall's synced
@@ -584,7 +599,7 @@ impl Writer {
         let new = create_log(&self.dir, number)?;
         let old = std::mem::replace(&mut self.active, new);
         self.sealed.push_back((self.active_number, old));
-        let _ = self.send(Job::Release {
+        self.send(Job::Release {
             file: self.active_number,
         });
         self.active_number = number;
@@ -611,8 +626,9 @@ impl Writer {
 impl Drop for Writer {
     /// Lets the applier finish what is queued, then stops it.
     fn drop(&mut self) {
-        self.jobs.take();
+        self.shared.closed.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -625,15 +641,23 @@ fn create_log(dir: &Path, number: u64) -> std::io::Result<File> {
         .open(log_path(dir, number))
 }
 
-fn apply_jobs(
-    ks: &Keyspaces,
-    dir: &Path,
-    jobs: &mpsc::Receiver<Job>,
-    shared: &Shared,
-    dirty: &AtomicBool,
-) {
+/// How long the idle applier sleeps before looking at its queue again (a
+/// backstop: a new job wakes it), in ms.
+const APPLIER_IDLE_RECHECK_MS: u64 = 100;
+
+fn apply_jobs(ks: &Keyspaces, dir: &Path, shared: &Shared, dirty: &AtomicBool) {
     crate::priority::lower_current_thread();
-    for job in jobs {
+    loop {
+        // `closed` is read before the queue, so nothing pushed before the
+        // close is missed.
+        let closed = shared.closed.load(Ordering::SeqCst);
+        let Some(job) = shared.jobs.pop() else {
+            if closed {
+                return;
+            }
+            std::thread::park_timeout(std::time::Duration::from_millis(APPLIER_IDLE_RECHECK_MS));
+            continue;
+        };
         #[cfg(test)]
         drop(shared.gate.lock());
         let done = match job {
@@ -654,6 +678,10 @@ fn apply_jobs(
                         .map_err(|e| format!("removing {}: {e}", path.display()))
                 })
                 .map(|()| shared.released.store(file, Ordering::SeqCst)),
+            Job::Close(file) => {
+                drop(file);
+                Ok(())
+            }
         };
         if let Err(e) = done {
             shared.fail(e);
@@ -666,6 +694,61 @@ fn apply_jobs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fjall::KeyspaceCreateOptions;
+
+    fn open(dir: &Path) -> Keyspaces {
+        let db = Database::builder(dir).open().unwrap();
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).unwrap();
+        Keyspaces {
+            by_tag: [ks("a"), ks("b"), ks("c"), ks("d")],
+            db,
+            rotate_at: [1 << 20; 4],
+        }
+    }
+
+    fn logs(dir: &Path) -> Vec<u64> {
+        log_files(dir).unwrap()
+    }
+
+    #[test]
+    fn sealed_files_are_removed_once_applied_and_a_reopen_replays_only_what_fjall_lacks() {
+        let root = tempfile::tempdir().unwrap();
+        let log_dir = root.path().join(LOG_DIR);
+        let ks = open(root.path());
+        let replayed = replay(&log_dir, &ks).unwrap();
+        assert_eq!((replayed.last_ticket, replayed.applied), (0, 0));
+        let mut w = Writer::start(&log_dir, ks.clone(), &replayed, Arc::default()).unwrap();
+        w.file_bytes = 4096;
+        for i in 0u32..200 {
+            let mut set = WriteSet::default();
+            set.insert(Ks::Data, i.to_be_bytes().to_vec(), vec![1u8; 100]);
+            w.commit(set, i % 50 == 0).unwrap();
+        }
+        w.wait_applied().unwrap();
+        // Released files are removed by the applier; the writer hands their
+        // descriptors back at its next commit.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while logs(&log_dir).len() > 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let left = logs(&log_dir);
+        assert!(left.len() <= 2, "sealed files stay: {left:?}");
+        assert!(*left.last().unwrap() > 5, "the log rotated: {left:?}");
+        w.commit(WriteSet::default(), false).unwrap();
+        assert!(
+            w.sealed.len() <= 1,
+            "descriptors of removed files are closed"
+        );
+        drop(w);
+        assert_eq!(ks.by_tag[Ks::Data as usize].iter().count(), 200);
+        drop(ks);
+
+        let ks = open(root.path());
+        let again = replay(&log_dir, &ks).unwrap();
+        assert_eq!((again.last_ticket, again.applied), (201, 0));
+        assert!(logs(&log_dir).is_empty(), "replay removes the log");
+        assert_eq!(again.next_file, left.last().unwrap() + 1);
+    }
 
     fn sample() -> WriteSet {
         let mut set = WriteSet::default();
