@@ -3,8 +3,10 @@
 //! The store binary allocates through jemalloc (declared in `main.rs`), set
 //! up by [`JEMALLOC_CONF`]. Under glibc's allocator the thread answering
 //! requests waited on arena locks while fjall's workers freed flushed
-//! memtables (p99 append latency at a steady 10,000/s through the ingest:
-//! 1.5-2.6 ms with glibc, 1.0-1.8 ms with jemalloc, same code otherwise).
+//! memtables (p99 append latency at a steady 10,000/s through the ingest,
+//! `ingest-bench latency`, same code otherwise: 1.2-1.7 ms with glibc,
+//! 0.9-1.4 ms with jemalloc; before fjall's commits moved off the event loop,
+//! 2.6-5.4 ms with glibc and 2.8-3.5 ms with jemalloc).
 //! jemalloc keeps freed pages for reuse and returns them to the kernel after
 //! a delay; its background thread does that even when the store is idle, so
 //! memory after a write burst falls back without any call from the store.
@@ -16,9 +18,10 @@
 /// jemalloc's settings, read at start-up (a C string): one background thread
 /// returns freed pages to the kernel; pages freed are kept for reuse at most
 /// about [`JEMALLOC_DIRTY_DECAY_MS`] ms, then released without a second
-/// stage. Measured after writing a 2 GiB backlog at full speed: RSS 5 s later
-/// 39 MiB with these settings, 113-576 MiB with jemalloc's defaults (10 s
-/// decay, no background thread: an idle store never purged).
+/// stage. Measured after writing a 2 GiB backlog at full speed
+/// (`store-bench run`): RSS 5 s later 36-39 MiB with these settings, 113 MiB
+/// with jemalloc's defaults (10 s decay and no background thread: an idle
+/// store never purged).
 pub const JEMALLOC_CONF: &[u8] =
     b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 /// The `dirty_decay_ms` in [`JEMALLOC_CONF`].

@@ -10,8 +10,9 @@
 
 /// Nice value of the background threads (0 is the default, 19 the lowest
 /// priority). Measured on 2 cores at a steady 10,000 appends/s through the
-/// ingest: p99 latency 2.1-2.4 ms with every thread at 0, 1.0-1.8 ms with the
-/// background at 10. At 10, against one CPU-bound process at nice 0, a
+/// ingest (`ingest-bench latency`, 3-5 runs each): p99 latency 1.6-2.1 ms
+/// with every thread at 0, 0.9-1.4 ms with the background at 10. At 10,
+/// against one CPU-bound process at nice 0, a
 /// background thread still gets about a tenth of a core (scheduler weights
 /// 110 and 1024).
 pub const BACKGROUND_NICE: i32 = 10;
