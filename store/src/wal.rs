@@ -306,7 +306,16 @@ pub struct Replayed {
 /// tail a crash can leave: never acknowledged, or not `flushOnWrite` and lost
 /// with a power failure).
 pub fn replay(dir: &Path, ks: &Keyspaces) -> Result<Replayed, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        // The new directory's own entry, so that a synced log survives a
+        // power failure even on the first run.
+        if let Some(parent) = dir.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("syncing {}: {e}", parent.display()))?;
+        }
+    }
     let stored = ks
         .meta()
         .get(META_APPLIED_TICKET)
