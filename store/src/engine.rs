@@ -793,11 +793,11 @@ impl Engine {
             let committed = self.commit(batch, sync)?;
             debug_assert_eq!(committed, ticket);
             for name in newest.iter().map(|(n, _)| n) {
-                if self
+                let pending = self
                     .streams
                     .get(name)
-                    .is_some_and(|s| !s.unapplied.is_empty())
-                {
+                    .is_some_and(|s| !s.unapplied.is_empty());
+                if pending && !self.with_unapplied.contains(name) {
                     self.with_unapplied.insert(name.clone());
                 }
             }

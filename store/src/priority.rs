@@ -51,17 +51,30 @@ pub fn lower_threads_named(name: &str, expected: usize) {
     }
 }
 
+/// The threads of process `pid` (`"self"` for this one): id and name.
 #[cfg(target_os = "linux")]
-fn threads_named(name: &str) -> Vec<libc::pid_t> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+pub fn threads_of(pid: &str) -> Vec<(libc::pid_t, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
     tasks
-        .filter_map(|t| t.ok())
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            Some((
+                t.file_name().to_str()?.parse().ok()?,
+                name.trim_end().to_string(),
+            ))
         })
-        .filter_map(|t| t.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+fn threads_named(name: &str) -> Vec<libc::pid_t> {
+    threads_of("self")
+        .into_iter()
+        .filter(|(_, n)| n == name)
+        .map(|(tid, _)| tid)
         .collect()
 }
 

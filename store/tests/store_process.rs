@@ -242,10 +242,9 @@ fn definitions_data_and_cursors_survive_a_restart_and_memory_streams_do_not_keep
 fn the_store_runs_jemalloc_with_its_background_purge_thread() {
     let dir = tempfile::tempdir().unwrap();
     let store = StoreProcess::start(dir.path());
-    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", store.pid()))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|c| c.trim_end().to_string())
+    let names: Vec<String> = ::store::priority::threads_of(&store.pid().to_string())
+        .into_iter()
+        .map(|(_, name)| name)
         .collect();
     assert!(
         names.iter().any(|n| n == "jemalloc_bg_thd"),
