@@ -263,7 +263,6 @@ impl StoreServer {
         let mut appends: Vec<PendingAppend> = Vec::new();
         let mut deferred: Vec<(PeerId, u64, Request)> = Vec::new();
         let mut append_bytes = 0usize;
-        let now_ms = bus::unix_ms();
         for _ in 0..ROUND_REQUESTS_MAX {
             if append_bytes >= ROUND_APPEND_BYTES_MAX {
                 break;
@@ -308,7 +307,10 @@ impl StoreServer {
                 );
                 continue;
             }
-            if envelope.deadline_ms != 0 && envelope.deadline_ms < now_ms {
+            // The clock is read per request, not per round: a process stopped
+            // (SIGSTOP, a VM pause) mid-round must not judge what it receives
+            // after resuming by the time it stopped at.
+            if envelope.deadline_ms != 0 && envelope.deadline_ms < bus::unix_ms() {
                 // The caller has given up; doing the work now would store an
                 // append nobody was told about.
                 self.expired_requests += 1;

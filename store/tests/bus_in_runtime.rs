@@ -109,8 +109,7 @@ fn a_request_in_flight_when_the_store_dies_fails_at_once_and_the_client_recovers
 fn a_request_times_out_at_its_own_deadline_when_the_store_does_not_answer() {
     let dir = tempfile::tempdir().unwrap();
     let store = StoreProcess::start(dir.path());
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(store.pid() as i32, libc::SIGSTOP) };
+    store.pause();
     let (r, took) = runtime().block_on(async {
         let c =
             BusClient::connect_in_runtime(&store.endpoint(), BusClientConfig::default()).unwrap();
@@ -120,8 +119,7 @@ fn a_request_times_out_at_its_own_deadline_when_the_store_does_not_answer() {
             .await;
         (r, start.elapsed())
     });
-    // SAFETY: as above.
-    unsafe { libc::kill(store.pid() as i32, libc::SIGCONT) };
+    store.resume();
     assert!(matches!(r, Err(BusError::Timeout(_))), "{r:?}");
     assert!(
         took >= Duration::from_millis(300) && took < Duration::from_millis(800),

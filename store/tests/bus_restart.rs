@@ -112,8 +112,7 @@ fn a_request_that_expired_while_the_store_was_stopped_is_not_executed() {
     let store = StoreProcess::start(dir.path());
     let c = store.client();
     create(&c, def("late"));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(store.pid() as i32, libc::SIGSTOP) };
+    store.pause();
     let r = c.call(
         Request::Append {
             stream: "late".into(),
@@ -123,8 +122,7 @@ fn a_request_that_expired_while_the_store_was_stopped_is_not_executed() {
     );
     assert!(matches!(r, Err(BusError::Timeout(_))), "{r:?}");
     std::thread::sleep(Duration::from_millis(100));
-    // SAFETY: as above.
-    unsafe { libc::kill(store.pid() as i32, libc::SIGCONT) };
+    store.resume();
     assert_eq!(
         append(&c, "late", b"on time").unwrap(),
         0,
@@ -219,16 +217,14 @@ fn a_queued_request_times_out_at_its_own_deadline_when_every_slot_is_taken() {
         },
     )
     .unwrap();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(store.pid() as i32, libc::SIGSTOP) };
+    store.pause();
     let slow = c.clone();
     let t = std::thread::spawn(move || slow.call(Request::Health, Duration::from_secs(3)));
     std::thread::sleep(Duration::from_millis(100));
     let start = Instant::now();
     let r = c.call(Request::Health, Duration::from_millis(200));
     let took = start.elapsed();
-    // SAFETY: as above.
-    unsafe { libc::kill(store.pid() as i32, libc::SIGCONT) };
+    store.resume();
     assert!(matches!(r, Err(BusError::Timeout(_))), "{r:?}");
     assert!(
         took < Duration::from_millis(700),

@@ -59,6 +59,29 @@ impl StoreProcess {
         self.child.as_ref().expect("running").id()
     }
 
+    /// SIGSTOP, then waits until every thread of the store is stopped: the
+    /// signal is delivered asynchronously, and a thread still running could
+    /// take a request the test means to reach a stopped store.
+    pub fn pause(&self) {
+        let pid = self.pid();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        let start = Instant::now();
+        while !all_threads_stopped(pid) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "store {pid} did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGCONT) };
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -73,6 +96,20 @@ impl StoreProcess {
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         c.wait().expect("wait")
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the parenthesised command name.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+    })
 }
 
 impl Drop for StoreProcess {
