@@ -87,7 +87,9 @@ def read_option_combinations():
     raises(NotEnoughMessagesException, c.read_messages, "py-read",
            ReadMessagesOptions(desired_start_sequence_number=5, min_message_count=6, max_message_count=6, read_timeout_millis=500))
     took = time.monotonic() - t
-    assert 0.3 < took < 0.55, took
+    # Answered at its timeout, not at a later housekeeping tick; the slack is
+    # the Python client's own scheduling on a loaded machine.
+    assert 0.3 < took < 0.75, took
     c.close()
 
 
