@@ -1444,6 +1444,8 @@ mod tests {
             payload: &payload,
         }];
         e.append_batch(&items).unwrap();
+        // The append is in the store's log; fjall has it once applied.
+        e.writer.wait_applied().unwrap();
         let mut journal = JournalSync {
             dir: dir.path().to_path_buf(),
             open: None,
