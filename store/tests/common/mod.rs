@@ -100,16 +100,15 @@ impl StoreProcess {
 
 /// Whether every thread of `pid` is in the stopped state (`T`).
 fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|task| {
-        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-            // The state follows the parenthesised command name.
-            stat.rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('T'))
+    let threads = store::priority::threads_of(&pid.to_string());
+    !threads.is_empty()
+        && threads.iter().all(|(tid, _)| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).is_ok_and(|stat| {
+                // The state follows the parenthesised command name.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
         })
-    })
 }
 
 impl Drop for StoreProcess {
