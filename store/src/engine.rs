@@ -4,11 +4,14 @@
 //! Single-threaded by design: the store's event loop owns it and calls it
 //! with batches. It knows nothing of ZeroMQ or of the SDK wire format. Its
 //! changes go through the write-ahead log ([`crate::wal`]) and reach fjall
-//! shortly after; reads merge fjall with the data records not applied yet. A
-//! write that fails (log or fjall) is fatal (`EngineError::Storage`): the
-//! engine's memory may then be ahead of the disk, so the process must exit
-//! and be restarted, which reopens a consistent database (fjall's own advice
-//! after a failed write).
+//! shortly after. A File stream's messages are grouped into chunks (see
+//! `crate::keys`): the open chunk and the sealed chunks the applier has not
+//! inserted yet stay in memory, and reads merge them with fjall. A write that
+//! fails (log or fjall) is fatal (`EngineError::Storage`): the engine's
+//! memory may then be ahead of the disk, so the engine refuses everything
+//! from then on (no reader sees a change that was not stored) and the process
+//! exits and is restarted, which reopens a consistent database (fjall's own
+//! advice after a failed write).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -29,14 +32,17 @@ use crate::wal::{Keyspaces, Ks, WriteSet, Writer, LOG_DIR};
 /// messages.
 pub const RECORD_OVERHEAD_BYTES: u64 = 32;
 
-/// Data keys removed per garbage-collection step (bounds the time one step
-/// holds the event loop).
-pub const GC_KEYS_PER_STEP: u64 = 4096;
+/// A stream's open chunk is sealed (and handed to fjall) once it holds this
+/// many bytes; it is sealed earlier when its segment ends and when the
+/// write-ahead log starts a new file. Reading one message from fjall reads
+/// its whole chunk.
+pub const CHUNK_BYTES_TARGET: usize = 256 * 1024;
 
 /// fjall block cache, in bytes.
 pub const CACHE_BYTES: u64 = 8 * 1024 * 1024;
-/// Memtable size of the data keyspace, in bytes.
-pub const DATA_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// Memtable size of each stream's chunk keyspace, in bytes: the applier
+/// seals it at this size (and fjall writes it out as a blob file).
+pub const DATA_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
 /// Memtable size of the small keyspaces, in bytes.
 pub const SMALL_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
 /// Writes not synced by `flushOnWrite` (appends, and every definition,
@@ -61,11 +67,12 @@ pub const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// access pattern (appends, then range scans) and keep the block index small.
 pub const DATA_BLOCK_BYTES: u32 = 64 * 1024;
 
-/// Options of the data keyspace. Messages are only ever range-scanned, so no
-/// bloom filters are built, and no index block is pinned in memory: memory
-/// stays bounded by the memtables and the block cache whatever the backlog.
-/// Payloads of 1 KiB and more go to blob files (key-value separation), so
-/// compaction rewrites keys, not payloads.
+/// Options of a stream's chunk keyspace. Chunks are only ever range-scanned,
+/// so no bloom filters are built, and no index block is pinned in memory:
+/// memory stays bounded by the memtables and the block cache whatever the
+/// backlog. Chunks go to blob files (key-value separation), so compaction
+/// rewrites keys, not payloads, and the blob files of trimmed chunks are
+/// dropped whole.
 pub fn data_keyspace_options() -> KeyspaceCreateOptions {
     use fjall::config::{BlockSizePolicy, FilterPolicy, PinningPolicy};
     KeyspaceCreateOptions::default()
@@ -124,11 +131,14 @@ struct Segment {
     rec: SegmentRecord,
 }
 
-/// A data record in the write-ahead log that fjall may not hold yet.
-struct Unapplied {
-    seq: u64,
-    ticket: u64,
+/// A sealed chunk that fjall may not hold yet.
+struct Sealed {
+    first: u64,
+    last: u64,
     value: Slice,
+    /// Its number at the applier ([`Writer::send_chunk`]); `None` until
+    /// sent, which happens only once the log holds its messages.
+    job: Option<u64>,
 }
 
 struct MemRecord {
@@ -148,18 +158,54 @@ struct Stream {
     total_bytes: u64,
     /// Records `oldest..next` of a Memory stream.
     mem: Option<VecDeque<MemRecord>>,
-    /// Data records of a File stream logged but maybe not yet in fjall, in
-    /// sequence order; every earlier record is in fjall.
-    unapplied: VecDeque<Unapplied>,
+    /// A File stream's chunk keyspace.
+    ks: Option<Keyspace>,
+    /// Sealed chunks fjall may not hold yet, in order.
+    sealed: VecDeque<Sealed>,
+    /// The chunk being filled (File streams), always in the newest segment.
+    open: Option<ChunkBuilder>,
     cursors: BTreeMap<String, ExportStatus>,
 }
 
 impl Stream {
-    /// The logged value of `seq`, if fjall may not hold it yet.
-    fn unapplied_value(&self, seq: u64) -> Option<&[u8]> {
-        let first = self.unapplied.front()?.seq;
-        let u = self.unapplied.get(seq.checked_sub(first)? as usize)?;
-        (u.seq == seq).then_some(&u.value[..])
+    fn new(id: u64, created_ms: u64, def: StreamDefinition, ks: Option<Keyspace>) -> Stream {
+        let memory = def.persistence == Some(Persistence::Memory);
+        Stream {
+            id,
+            created_ms,
+            def,
+            oldest: 0,
+            next: 0,
+            segments: VecDeque::new(),
+            total_bytes: 0,
+            mem: memory.then(VecDeque::new),
+            ks,
+            sealed: VecDeque::new(),
+            open: None,
+            cursors: BTreeMap::new(),
+        }
+    }
+    /// The first sequence number held in memory: fjall holds every earlier
+    /// one (that is not trimmed).
+    fn memory_first(&self) -> u64 {
+        self.sealed
+            .front()
+            .map(|c| c.first)
+            .or(self.open.as_ref().map(|o| o.first))
+            .unwrap_or(self.next)
+    }
+    /// Seals the open chunk (not yet sent to the applier).
+    fn seal(&mut self) {
+        if let Some((key, value)) = self.open.take().and_then(ChunkBuilder::finish) {
+            if let Some((first, last)) = parse_chunk_key(&key) {
+                self.sealed.push_back(Sealed {
+                    first,
+                    last,
+                    value: Slice::from(value),
+                    job: None,
+                });
+            }
+        }
     }
     fn is_file(&self) -> bool {
         self.mem.is_none()
@@ -236,12 +282,6 @@ pub type AppendResult = Result<(i64, i64), ErrorReply>;
 /// What a batch did: one result per item, and the newest sequence number of
 /// every stream that took data.
 pub type BatchOutcome = (Vec<AppendResult>, Vec<(String, i64)>);
-
-struct GcJob {
-    sid: u64,
-    from: u64,
-    to: u64,
-}
 
 /// Counters the store reports.
 #[derive(Debug, Default, Clone, Copy)]
@@ -359,21 +399,228 @@ pub struct Engine {
     path: PathBuf,
     sync: BackgroundSync,
     db: Database,
+    keyspaces: Keyspaces,
     ks_streams: Keyspace,
     ks_state: Keyspace,
-    ks_data: Keyspace,
     ks_meta: Keyspace,
     streams: BTreeMap<String, Stream>,
-    /// Streams whose `unapplied` is not empty.
-    with_unapplied: BTreeSet<String>,
+    /// Streams whose `sealed` is not empty.
+    with_sealed: BTreeSet<String>,
+    /// Streams with sealed chunks not sent to the applier yet.
+    unsent: BTreeSet<String>,
     writer: Writer,
     next_stream_id: u64,
-    gc: VecDeque<GcJob>,
+    /// Why the engine stopped: after a failed write it refuses everything.
+    failed: Option<String>,
     pub stats: EngineStats,
 }
 
 fn now_ms() -> u64 {
     bus::unix_ms()
+}
+
+/// Loads every definition, segment table and cursor (no message data);
+/// returns the next stream id.
+fn load(ks: &Keyspaces, streams: &mut BTreeMap<String, Stream>) -> Result<u64, String> {
+    let [ks_streams, ks_state, ks_meta] = &ks.by_tag;
+    let mut next_stream_id = 1;
+    if let Some(v) = ks_meta
+        .get(META_NEXT_STREAM_ID)
+        .map_err(|e| e.to_string())?
+    {
+        next_stream_id = u64::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| "meta next_stream_id is not 8 bytes".to_string())?,
+        );
+    }
+    let mut by_id: HashMap<u64, String> = HashMap::new();
+    for item in ks_streams.iter() {
+        let (k, v) = item.into_inner().map_err(|e| e.to_string())?;
+        let name = String::from_utf8(k.to_vec()).map_err(|_| "stream key is not UTF-8")?;
+        let rec: StreamRecord = from_cbor(&v).map_err(|e| format!("stream record {name:?}: {e}"))?;
+        let file = rec.definition.persistence != Some(Persistence::Memory);
+        let data = if file {
+            ks.stream_keyspace(rec.id, true)?
+        } else {
+            None
+        };
+        by_id.insert(rec.id, name.clone());
+        streams.insert(
+            name,
+            Stream::new(rec.id, rec.created_ms, rec.definition, data),
+        );
+    }
+    for item in ks_state.iter() {
+        let (k, v) = item.into_inner().map_err(|e| e.to_string())?;
+        let Some(parsed) = parse_state_key(&k) else {
+            return Err(format!("unexpected state key {k:?}"));
+        };
+        let sid = match parsed {
+            StateKey::State(s) | StateKey::Segment(s, _) | StateKey::Cursor(s, _) => s,
+        };
+        // State of a deleted stream whose removal was interrupted: skip.
+        let Some(stream) = by_id.get(&sid).and_then(|n| streams.get_mut(n)) else {
+            continue;
+        };
+        match parsed {
+            StateKey::State(_) => {
+                let st: StreamState = from_cbor(&v)?;
+                stream.oldest = st.oldest;
+                stream.next = stream.next.max(st.next_floor).max(st.oldest);
+            }
+            StateKey::Segment(_, first) => {
+                let rec: SegmentRecord = from_cbor(&v)?;
+                stream.next = stream.next.max(rec.last + 1);
+                stream.total_bytes += rec.bytes;
+                stream.segments.push_back(Segment { first, rec });
+            }
+            StateKey::Cursor(_, id) => {
+                let status: ExportStatus = from_cbor(&v)?;
+                stream.cursors.insert(id.to_string(), status);
+            }
+        }
+    }
+    Ok(next_stream_id)
+}
+
+/// Writes `stream`'s messages from `records` (consecutive, from the next one
+/// fjall lacks) as chunks, splitting at segment boundaries and at
+/// [`CHUNK_BYTES_TARGET`]. Used at open only.
+fn write_chunks<'a>(
+    stream: &Stream,
+    records: impl Iterator<Item = (u64, u64, &'a [u8])>,
+) -> Result<(), String> {
+    let Some(ks) = &stream.ks else {
+        return Ok(());
+    };
+    let starts: BTreeSet<u64> = stream.segments.iter().map(|s| s.first).collect();
+    let mut open: Option<ChunkBuilder> = None;
+    let flush = |open: &mut Option<ChunkBuilder>| -> Result<(), String> {
+        if let Some((key, value)) = open.take().and_then(ChunkBuilder::finish) {
+            ks.insert(key, value).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    for (seq, ms, payload) in records {
+        let boundary = open.as_ref().is_some_and(|o| {
+            o.first + o.count != seq || starts.contains(&seq) || o.bytes() >= CHUNK_BYTES_TARGET
+        });
+        if boundary {
+            flush(&mut open)?;
+        }
+        open.get_or_insert_with(|| ChunkBuilder::new(seq))
+            .push(ms, payload);
+    }
+    flush(&mut open)
+}
+
+/// The sequence number after the last chunk of `ks`, if any.
+fn chunks_end(ks: &Keyspace) -> Result<Option<u64>, String> {
+    match ks.last_key_value() {
+        None => Ok(None),
+        Some(g) => {
+            let k = g.key().map_err(|e| e.to_string())?;
+            let (_, last) = parse_chunk_key(&k).ok_or("malformed chunk key")?;
+            Ok(Some(last + 1))
+        }
+    }
+}
+
+/// Rebuilds, from the messages of the write-ahead log, the chunks fjall
+/// lacks (those of the open and unsent chunks when the store stopped), and
+/// syncs them: the log files can then go.
+fn restore_chunks(
+    db: &Database,
+    streams: &mut BTreeMap<String, Stream>,
+    messages: &[crate::wal::LoggedMessage],
+) -> Result<(), String> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let by_id: HashMap<u64, &Stream> = streams.values().map(|s| (s.id, s)).collect();
+    let mut per_stream: BTreeMap<u64, Vec<(u64, u64, &[u8])>> = BTreeMap::new();
+    for m in messages {
+        let Some((ms, payload)) = parse_data_value(&m.value) else {
+            return Err(format!("malformed message record {} of stream {}", m.seq, m.sid));
+        };
+        per_stream.entry(m.sid).or_default().push((m.seq, ms, payload));
+    }
+    for (sid, records) in per_stream {
+        // Messages of deleted streams and of Memory streams are not kept.
+        let Some(stream) = by_id.get(&sid) else {
+            continue;
+        };
+        let Some(ks) = &stream.ks else { continue };
+        let from = chunks_end(ks)?.unwrap_or(0).max(stream.oldest);
+        let mut seen = BTreeSet::new();
+        let wanted = records
+            .into_iter()
+            .filter(|(seq, _, _)| *seq >= from && *seq < stream.next && seen.insert(*seq));
+        write_chunks(stream, wanted)?;
+    }
+    db.persist(PersistMode::SyncAll).map_err(|e| e.to_string())
+}
+
+/// Converts a database of layout 1 (one key per message in keyspace
+/// `data`) to chunks, stream by stream, then deletes that keyspace and its
+/// pending removals. Runs once; a crash in the middle converts again from
+/// the start (chunks are overwritten with the same keys).
+fn migrate_layout_1(ks: &Keyspaces, streams: &mut BTreeMap<String, Stream>) -> Result<(), String> {
+    if !ks.db.keyspace_exists(LEGACY_KS_DATA) {
+        return Ok(());
+    }
+    let legacy = ks
+        .db
+        .keyspace(LEGACY_KS_DATA, data_keyspace_options)
+        .map_err(|e| e.to_string())?;
+    for stream in streams.values() {
+        if stream.ks.is_none() || stream.next <= stream.oldest {
+            continue;
+        }
+        tracing::info!(stream = %stream.def.name, "converting messages to chunks (layout 2)");
+        let (lo, hi) = (data_key(stream.id, stream.oldest), data_key(stream.id, stream.next));
+        let mut err = None;
+        let records = legacy.range(lo..hi).map_while(|item| {
+            let parsed = item.into_inner().map_err(|e| e.to_string()).and_then(|(k, v)| {
+                let (_, seq) = parse_data_key(&k).ok_or("malformed data key")?;
+                let (ms, payload) = parse_data_value(&v).ok_or("malformed data value")?;
+                Ok((seq, ms, payload.to_vec()))
+            });
+            parsed.map_err(|e| err = Some(e)).ok()
+        });
+        // Owned payloads, one chunk's worth at a time.
+        let mut batch: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        let mut bytes = 0;
+        let write = |batch: &mut Vec<(u64, u64, Vec<u8>)>| {
+            write_chunks(stream, batch.iter().map(|(s, m, p)| (*s, *m, &p[..])))
+                .map(|()| batch.clear())
+        };
+        for r in records {
+            bytes += r.2.len();
+            batch.push(r);
+            if bytes >= CHUNK_BYTES_TARGET * 16 {
+                write(&mut batch)?;
+                bytes = 0;
+            }
+        }
+        write(&mut batch)?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+    }
+    ks.db
+        .persist(PersistMode::SyncAll)
+        .map_err(|e| e.to_string())?;
+    let mut batch = ks.db.batch();
+    for item in ks.by_tag[Ks::Meta as usize].prefix(LEGACY_META_GC_PREFIX) {
+        batch.remove(&ks.by_tag[Ks::Meta as usize], item.key().map_err(|e| e.to_string())?);
+    }
+    batch.commit().map_err(|e| e.to_string())?;
+    ks.db.delete_keyspace(legacy).map_err(|e| e.to_string())?;
+    ks.db
+        .persist(PersistMode::SyncAll)
+        .map_err(|e| e.to_string())
 }
 
 impl Engine {
@@ -400,26 +647,15 @@ impl Engine {
         let ks_meta = db
             .keyspace(KS_META, small)
             .map_err(|e| fail(e.to_string()))?;
-        let ks_data = db
-            .keyspace(KS_DATA, data_keyspace_options)
-            .map_err(|e| fail(e.to_string()))?;
         let keyspaces = Keyspaces {
             db: db.clone(),
-            by_tag: [
-                ks_streams.clone(),
-                ks_state.clone(),
-                ks_meta.clone(),
-                ks_data.clone(),
-            ],
-            rotate_at: [
-                SMALL_MEMTABLE_BYTES,
-                SMALL_MEMTABLE_BYTES,
-                SMALL_MEMTABLE_BYTES,
-                DATA_MEMTABLE_BYTES,
-            ],
+            by_tag: [ks_streams.clone(), ks_state.clone(), ks_meta.clone()],
+            rotate_at: [SMALL_MEMTABLE_BYTES; 3],
+            data_options: data_keyspace_options,
+            data_rotate_at: DATA_MEMTABLE_BYTES,
         };
         let log_dir = dir.join(LOG_DIR);
-        let replayed = crate::wal::replay(&log_dir, &keyspaces).map_err(|e| {
+        let mut replayed = crate::wal::replay(&log_dir, &keyspaces).map_err(|e| {
             fail(format!(
                 "cannot replay the write-ahead log in {}: {e}",
                 log_dir.display()
@@ -431,103 +667,37 @@ impl Engine {
                 "replayed changes from the write-ahead log"
             );
         }
+        let mut streams = BTreeMap::new();
+        let next_stream_id = load(&keyspaces, &mut streams).map_err(fail)?;
+        migrate_layout_1(&keyspaces, &mut streams).map_err(|e| {
+            fail(format!(
+                "cannot convert the database's messages to chunks: {e}"
+            ))
+        })?;
+        restore_chunks(&db, &mut streams, &replayed.messages)
+            .and_then(|()| crate::wal::remove_replayed(&log_dir, &mut replayed))
+            .map_err(|e| fail(format!("cannot store the logged messages as chunks: {e}")))?;
         let sync = BackgroundSync::start(db.clone(), dir.to_path_buf())
             .map_err(|e| fail(format!("cannot start the sync thread: {e}")))?;
-        let writer = Writer::start(&log_dir, keyspaces, &replayed, sync.dirty.clone())
+        let writer = Writer::start(&log_dir, keyspaces.clone(), &replayed, sync.dirty.clone())
             .map_err(|e| fail(format!("cannot start the write-ahead log: {e}")))?;
         crate::priority::lower_threads_named(FJALL_WORKER_NAME, WORKER_THREADS);
-        let mut engine = Engine {
+        Ok(Engine {
             path: dir.to_path_buf(),
             sync,
             db,
+            keyspaces,
             ks_streams,
             ks_state,
-            ks_data,
             ks_meta,
-            streams: BTreeMap::new(),
-            with_unapplied: BTreeSet::new(),
+            streams,
+            with_sealed: BTreeSet::new(),
+            unsent: BTreeSet::new(),
             writer,
-            next_stream_id: 1,
-            gc: VecDeque::new(),
+            next_stream_id,
+            failed: None,
             stats: EngineStats::default(),
-        };
-        engine.load().map_err(fail)?;
-        Ok(engine)
-    }
-
-    fn load(&mut self) -> Result<(), String> {
-        if let Some(v) = self
-            .ks_meta
-            .get(META_NEXT_STREAM_ID)
-            .map_err(|e| e.to_string())?
-        {
-            self.next_stream_id = u64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| "meta next_stream_id is not 8 bytes".to_string())?,
-            );
-        }
-        let mut by_id: HashMap<u64, String> = HashMap::new();
-        for item in self.ks_streams.iter() {
-            let (k, v) = item.into_inner().map_err(|e| e.to_string())?;
-            let name = String::from_utf8(k.to_vec()).map_err(|_| "stream key is not UTF-8")?;
-            let rec: StreamRecord =
-                from_cbor(&v).map_err(|e| format!("stream record {name:?}: {e}"))?;
-            let memory = rec.definition.persistence == Some(Persistence::Memory);
-            by_id.insert(rec.id, name.clone());
-            self.streams.insert(
-                name,
-                Stream {
-                    id: rec.id,
-                    created_ms: rec.created_ms,
-                    def: rec.definition,
-                    oldest: 0,
-                    next: 0,
-                    segments: VecDeque::new(),
-                    total_bytes: 0,
-                    mem: memory.then(VecDeque::new),
-                    unapplied: VecDeque::new(),
-                    cursors: BTreeMap::new(),
-                },
-            );
-        }
-        for item in self.ks_state.iter() {
-            let (k, v) = item.into_inner().map_err(|e| e.to_string())?;
-            let Some(parsed) = parse_state_key(&k) else {
-                return Err(format!("unexpected state key {k:?}"));
-            };
-            let sid = match parsed {
-                StateKey::State(s) | StateKey::Segment(s, _) | StateKey::Cursor(s, _) => s,
-            };
-            // State of a deleted stream whose removal was interrupted: skip.
-            let Some(stream) = by_id.get(&sid).and_then(|n| self.streams.get_mut(n)) else {
-                continue;
-            };
-            match parsed {
-                StateKey::State(_) => {
-                    let st: StreamState = from_cbor(&v)?;
-                    stream.oldest = st.oldest;
-                    stream.next = stream.next.max(st.next_floor).max(st.oldest);
-                }
-                StateKey::Segment(_, first) => {
-                    let rec: SegmentRecord = from_cbor(&v)?;
-                    stream.next = stream.next.max(rec.last + 1);
-                    stream.total_bytes += rec.bytes;
-                    stream.segments.push_back(Segment { first, rec });
-                }
-                StateKey::Cursor(_, id) => {
-                    let status: ExportStatus = from_cbor(&v)?;
-                    stream.cursors.insert(id.to_string(), status);
-                }
-            }
-        }
-        for item in self.ks_meta.prefix(META_GC_PREFIX) {
-            let (k, v) = item.into_inner().map_err(|e| e.to_string())?;
-            let (sid, from) = parse_gc_key(&k).ok_or("malformed gc key")?;
-            let to = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| "malformed gc value")?);
-            self.gc.push_back(GcJob { sid, from, to });
-        }
-        Ok(())
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -561,7 +731,7 @@ impl Engine {
     }
 
     /// `Stream::info` plus, per export, the ingest time of the oldest
-    /// message it has not exported (one point read per export).
+    /// message it has not exported (one read of one message per export).
     fn info_with_lag(&self, s: &Stream) -> StreamInfo {
         let mut info = s.info();
         for status in &mut info.export_statuses {
@@ -569,26 +739,34 @@ impl Engine {
             status.oldest_unexported_ingest_ms = if seq >= s.next {
                 None
             } else {
-                match &s.mem {
-                    Some(mem) => mem
-                        .get((seq - s.oldest) as usize)
-                        .map(|r| r.ingest_ms as i64),
-                    None => match s.unapplied_value(seq) {
-                        Some(v) => parse_data_value(v).map(|(ms, _)| ms as i64),
-                        None => self
-                            .ks_data
-                            .get(data_key(s.id, seq))
-                            .ok()
-                            .flatten()
-                            .and_then(|v| parse_data_value(&v).map(|(ms, _)| ms as i64)),
-                    },
-                }
+                self.read_bounded(&s.def.name, seq, 1, 0)
+                    .ok()
+                    .and_then(|m| m.first().map(|m| m.ingest_time_ms))
             };
         }
         info
     }
 
+    /// Refuses everything once a write failed (see the module docs).
+    fn check_failed(&self) -> Result<(), EngineError> {
+        match &self.failed {
+            Some(e) => Err(EngineError::Storage(format!(
+                "the store stopped after a failed write: {e}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a storage failure: from now on the engine refuses everything.
+    fn fail(&mut self, e: String) -> EngineError {
+        if self.failed.is_none() {
+            self.failed = Some(e.clone());
+        }
+        EngineError::Storage(e)
+    }
+
     pub fn create(&mut self, def: &StreamDefinition) -> Result<(), EngineError> {
+        self.check_failed()?;
         if self.streams.contains_key(&def.name) {
             validate::check_name("stream name", &def.name)?;
             return Err(invalid(format!("stream {:?} already exists", def.name)));
@@ -622,27 +800,23 @@ impl Engine {
                 }),
             );
         }
+        let data = if memory {
+            None
+        } else {
+            match self.keyspaces.stream_keyspace(id, true) {
+                Ok(ks) => ks,
+                Err(e) => return Err(self.fail(e)),
+            }
+        };
         self.commit(batch, false)?;
         self.next_stream_id = id + 1;
-        self.streams.insert(
-            def.name.clone(),
-            Stream {
-                id,
-                created_ms,
-                def,
-                oldest: 0,
-                next: 0,
-                segments: VecDeque::new(),
-                total_bytes: 0,
-                mem: memory.then(VecDeque::new),
-                unapplied: VecDeque::new(),
-                cursors: BTreeMap::new(),
-            },
-        );
+        self.streams
+            .insert(def.name.clone(), Stream::new(id, created_ms, def, data));
         Ok(())
     }
 
     pub fn update(&mut self, def: &StreamDefinition) -> Result<(), EngineError> {
+        self.check_failed()?;
         let new = validate::normalize(def, &|n| self.streams.contains_key(n))?;
         let stream = self
             .streams
@@ -704,38 +878,32 @@ impl Engine {
     }
 
     pub fn delete(&mut self, name: &str) -> Result<(), EngineError> {
+        self.check_failed()?;
         if !self.streams.contains_key(name) {
             return Err(not_found(name));
         }
         // The state keys are listed from fjall: let it hold them all.
-        self.writer.wait_applied().map_err(EngineError::Storage)?;
+        if let Err(e) = self.writer.wait_applied() {
+            return Err(self.fail(e));
+        }
         let stream = self.streams.get(name).ok_or_else(|| not_found(name))?;
         let sid = stream.id;
         let mut batch = WriteSet::default();
         batch.remove(Ks::Streams, name.as_bytes());
-        let mut job = None;
         if stream.is_file() {
             for item in self.ks_state.prefix(sid.to_be_bytes()) {
                 let k = item.key()?;
                 batch.remove(Ks::State, k);
             }
-            if stream.next > stream.oldest {
-                batch.insert(
-                    Ks::Meta,
-                    gc_key(sid, stream.oldest),
-                    stream.next.to_be_bytes().to_vec(),
-                );
-                job = Some(GcJob {
-                    sid,
-                    from: stream.oldest,
-                    to: stream.next,
-                });
-            }
+            // fjall deletes the folder once the last handle is dropped:
+            // ours goes with the stream below.
+            batch.drop_data(sid);
         }
+        // The stream's unsent chunks are not sent: its data is going.
+        self.unsent.remove(name);
         self.commit(batch, false)?;
         self.streams.remove(name);
-        self.with_unapplied.remove(name);
-        self.gc.extend(job);
+        self.with_sealed.remove(name);
         Ok(())
     }
 
@@ -743,9 +911,9 @@ impl Engine {
     /// any stream in it has `flushOnWrite` (group commit). Results are in the
     /// order of `items`; an item's error leaves the others unaffected.
     pub fn append_batch(&mut self, items: &[AppendItem<'_>]) -> Result<BatchOutcome, EngineError> {
+        self.check_failed()?;
         self.reclaim_applied();
         let now = now_ms();
-        let ticket = self.writer.next_ticket();
         let mut results = Vec::with_capacity(items.len());
         let mut batch = WriteSet::default();
         let mut sync = false;
@@ -758,7 +926,7 @@ impl Engine {
                 )));
                 continue;
             };
-            match Self::append_one(stream, item.payload, now, ticket, &mut batch, &mut self.gc) {
+            match Self::append_one(stream, item.payload, now, &mut batch) {
                 Ok((seq, dropped)) => {
                     self.stats.segments_dropped += dropped;
                     sync |= stream.is_file() && stream.def.flush_on_write == Some(true);
@@ -790,31 +958,27 @@ impl Engine {
             if sync {
                 self.stats.syncs += 1;
             }
-            let committed = self.commit(batch, sync)?;
-            debug_assert_eq!(committed, ticket);
-            for name in newest.iter().map(|(n, _)| n) {
-                let pending = self
+            for (name, _) in &newest {
+                let sealed = self
                     .streams
                     .get(name)
-                    .is_some_and(|s| !s.unapplied.is_empty());
-                if pending && !self.with_unapplied.contains(name) {
-                    self.with_unapplied.insert(name.clone());
+                    .is_some_and(|s| s.sealed.back().is_some_and(|c| c.job.is_none()));
+                if sealed && !self.unsent.contains(name) {
+                    self.unsent.insert(name.clone());
                 }
             }
+            self.commit(batch, sync)?;
         }
         self.stats.appends += results.iter().filter(|r| r.is_ok()).count() as u64;
         Ok((results, newest))
     }
 
-    /// Appends one message to `stream`'s memory and `batch` (to be
-    /// committed as `ticket`).
+    /// Appends one message to `stream`'s memory and `batch`.
     fn append_one(
         stream: &mut Stream,
         payload: &[u8],
         now: u64,
-        ticket: u64,
         batch: &mut WriteSet,
-        gc: &mut VecDeque<GcJob>,
     ) -> Result<(u64, u64), ErrorReply> {
         if payload.is_empty() {
             return Err(ErrorReply::new(
@@ -865,7 +1029,7 @@ impl Engine {
                 }
             }
             dropped = firsts.len() as u64;
-            Self::persist_trim(stream, prev_oldest, &firsts, batch, gc);
+            Self::persist_trim(stream, prev_oldest, &firsts, batch);
         }
         let seq = stream.next;
         stream.next += 1;
@@ -876,15 +1040,19 @@ impl Engine {
                 seg.rec.bytes += size;
                 seg.rec.last_ms = now;
             }
-            _ => stream.segments.push_back(Segment {
-                first: seq,
-                rec: SegmentRecord {
-                    last: seq,
-                    bytes: size,
-                    first_ms: now,
-                    last_ms: now,
-                },
-            }),
+            _ => {
+                // A chunk never spans two segments.
+                stream.seal();
+                stream.segments.push_back(Segment {
+                    first: seq,
+                    rec: SegmentRecord {
+                        last: seq,
+                        bytes: size,
+                        first_ms: now,
+                        last_ms: now,
+                    },
+                })
+            }
         }
         stream.total_bytes += size;
         match &mut stream.mem {
@@ -893,9 +1061,16 @@ impl Engine {
                 payload: payload.to_vec(),
             }),
             None => {
-                let value = Slice::from(data_value(now, payload));
-                batch.insert(Ks::Data, data_key(stream.id, seq).to_vec(), value.clone());
-                stream.unapplied.push_back(Unapplied { seq, ticket, value });
+                batch.insert(
+                    Ks::Data,
+                    data_key(stream.id, seq).to_vec(),
+                    data_value(now, payload),
+                );
+                let open = stream.open.get_or_insert_with(|| ChunkBuilder::new(seq));
+                open.push(now, payload);
+                if open.bytes() >= CHUNK_BYTES_TARGET {
+                    stream.seal();
+                }
             }
         }
         Ok((seq, dropped))
@@ -912,19 +1087,22 @@ impl Engine {
             mem.drain(..n.min(mem.len()));
         }
         stream.oldest = new_oldest;
+        // The open chunk is in the newest segment: gone if that one is.
+        if stream.open.as_ref().is_some_and(|o| o.first < new_oldest) {
+            stream.open = None;
+        }
         Some(seg.first)
     }
 
     /// Records on disk that a File stream's data from `prev_oldest` up to
     /// `oldest` is gone: removes the dropped segments' records, writes the new
-    /// bounds and schedules the data keys for removal, all in the caller's
-    /// batch.
+    /// bounds and removes the chunks below `oldest` (whole chunks: a chunk
+    /// never spans two segments), all in the caller's batch.
     fn persist_trim(
         stream: &Stream,
         prev_oldest: u64,
         dropped_firsts: &[u64],
         batch: &mut WriteSet,
-        gc: &mut VecDeque<GcJob>,
     ) {
         if !stream.is_file() || stream.oldest <= prev_oldest {
             return;
@@ -940,21 +1118,13 @@ impl Engine {
                 next_floor: stream.next,
             }),
         );
-        batch.insert(
-            Ks::Meta,
-            gc_key(stream.id, prev_oldest),
-            stream.oldest.to_be_bytes().to_vec(),
-        );
-        gc.push_back(GcJob {
-            sid: stream.id,
-            from: prev_oldest,
-            to: stream.oldest,
-        });
+        batch.trim_chunks(stream.id, stream.oldest);
     }
 
     /// Drops segments of `name` that its TTL or its (possibly reduced) size
     /// no longer allows.
     fn enforce_limits(&mut self, name: &str, now: u64) -> Result<u64, EngineError> {
+        self.check_failed()?;
         let Some(stream) = self.streams.get_mut(name) else {
             return Ok(0);
         };
@@ -971,7 +1141,7 @@ impl Engine {
         let dropped = firsts.len() as u64;
         if dropped > 0 && stream.is_file() {
             let mut batch = WriteSet::default();
-            Self::persist_trim(stream, prev_oldest, &firsts, &mut batch, &mut self.gc);
+            Self::persist_trim(stream, prev_oldest, &firsts, &mut batch);
             self.commit(batch, false)?;
         }
         self.stats.segments_dropped += dropped;
@@ -992,35 +1162,6 @@ impl Engine {
             dropped += self.enforce_limits(&name, now)?;
         }
         Ok(dropped)
-    }
-
-    /// Whether background removal of data is pending.
-    pub fn gc_pending(&self) -> bool {
-        !self.gc.is_empty()
-    }
-
-    /// Removes up to `GC_KEYS_PER_STEP` data keys scheduled for removal.
-    pub fn gc_step(&mut self) -> Result<(), EngineError> {
-        let Some(job) = self.gc.front() else {
-            return Ok(());
-        };
-        let (sid, from, to) = (job.sid, job.from, job.to);
-        let end = to.min(from + GC_KEYS_PER_STEP);
-        let mut batch = WriteSet::default();
-        for seq in from..end {
-            batch.remove(Ks::Data, data_key(sid, seq).to_vec());
-        }
-        batch.remove(Ks::Meta, gc_key(sid, from));
-        if end < to {
-            batch.insert(Ks::Meta, gc_key(sid, end), to.to_be_bytes().to_vec());
-        }
-        self.commit(batch, false)?;
-        if let (true, Some(job)) = (end < to, self.gc.front_mut()) {
-            job.from = end;
-        } else {
-            self.gc.pop_front();
-        }
-        Ok(())
     }
 
     /// Messages readable from `start`, i.e. `next - max(start, oldest)`.
@@ -1050,6 +1191,7 @@ impl Engine {
         max_count: u64,
         max_bytes: usize,
     ) -> Result<Vec<Message>, EngineError> {
+        self.check_failed()?;
         let max_bytes = max_bytes.min(READ_RESPONSE_BYTES_TARGET);
         let s = self.streams.get(name).ok_or_else(|| not_found(name))?;
         let from = start.max(s.oldest);
@@ -1059,29 +1201,6 @@ impl Engine {
         if from >= to {
             return Ok(out);
         }
-        // Adds a File record to `out`; false once the byte budget is spent.
-        let take = |seq: Option<u64>,
-                    value: &[u8],
-                    out: &mut Vec<Message>,
-                    bytes: &mut usize|
-         -> Result<bool, EngineError> {
-            let (Some(seq), Some((ms, payload))) = (seq, parse_data_value(value)) else {
-                return Err(EngineError::Refused(ErrorReply::new(
-                    ErrorKind::StoreReadError,
-                    format!("stream {name:?} has a malformed record"),
-                )));
-            };
-            if !out.is_empty() && *bytes + payload.len() > max_bytes {
-                return Ok(false);
-            }
-            *bytes += payload.len();
-            out.push(Message {
-                sequence_number: seq as i64,
-                ingest_time_ms: ms as i64,
-                payload: payload.to_vec(),
-            });
-            Ok(true)
-        };
         match &s.mem {
             Some(mem) => {
                 let skip = (from - s.oldest) as usize;
@@ -1098,30 +1217,78 @@ impl Engine {
                 }
             }
             None => {
-                // fjall holds every record before the first unapplied one.
-                let split = s.unapplied.front().map_or(to, |u| u.seq.clamp(from, to));
-                let (lo, hi) = (data_key(s.id, from), data_key(s.id, split));
-                let mut full = false;
-                for item in self.ks_data.range(lo..hi) {
-                    let (k, v) = item.into_inner().map_err(|e| {
+                let malformed = || {
+                    EngineError::Refused(ErrorReply::new(
+                        ErrorKind::StoreReadError,
+                        format!("stream {name:?} has a malformed chunk"),
+                    ))
+                };
+                // Adds the records of a chunk that fall in `from..to`;
+                // false once the byte budget is spent.
+                let mut take = |first: u64, chunk: ChunkView<'_>| -> Result<bool, EngineError> {
+                    for (i, r) in chunk.records().enumerate() {
+                        let seq = first + i as u64;
+                        if seq < from {
+                            continue;
+                        }
+                        if seq >= to {
+                            return Ok(false);
+                        }
+                        let (ms, payload) = r.map_err(|()| malformed())?;
+                        if !out.is_empty() && bytes + payload.len() > max_bytes {
+                            return Ok(false);
+                        }
+                        bytes += payload.len();
+                        out.push(Message {
+                            sequence_number: seq as i64,
+                            ingest_time_ms: ms as i64,
+                            payload: payload.to_vec(),
+                        });
+                    }
+                    Ok(true)
+                };
+                // fjall holds every record before the first one in memory.
+                let split = s.memory_first().clamp(from, to);
+                let mut more = true;
+                if let (Some(ks), true) = (&s.ks, from < split) {
+                    let read_error = |e: fjall::Error| {
                         EngineError::Refused(ErrorReply::new(
                             ErrorKind::StoreReadError,
                             format!("reading stream {name:?} failed: {e}"),
                         ))
-                    })?;
-                    let seq = parse_data_key(&k).map(|(_, seq)| seq);
-                    if !take(seq, &v, &mut out, &mut bytes)? {
-                        full = true;
-                        break;
-                    }
-                }
-                if !full {
-                    let pending = s.unapplied.iter().skip_while(|u| u.seq < split);
-                    for u in pending.take_while(|u| u.seq < to) {
-                        if !take(Some(u.seq), &u.value, &mut out, &mut bytes)? {
+                    };
+                    // The chunk holding `from` starts at or before it.
+                    let start = match ks.range(..=chunk_key(from, u64::MAX)).next_back() {
+                        Some(g) => {
+                            let k = g.key().map_err(read_error)?;
+                            match parse_chunk_key(&k) {
+                                Some((first, last)) if last >= from => chunk_key(first, last),
+                                _ => chunk_key(from, 0),
+                            }
+                        }
+                        None => chunk_key(from, 0),
+                    };
+                    for item in ks.range(start..chunk_key(split, 0)) {
+                        let (k, v) = item.into_inner().map_err(read_error)?;
+                        let (first, _) = parse_chunk_key(&k).ok_or_else(malformed)?;
+                        let chunk = ChunkView::parse(&v).ok_or_else(malformed)?;
+                        if !take(first, chunk)? {
+                            more = false;
                             break;
                         }
                     }
+                }
+                if more {
+                    for c in s.sealed.iter().filter(|c| c.last >= split) {
+                        let chunk = ChunkView::parse(&c.value).ok_or_else(malformed)?;
+                        if !take(c.first, chunk)? {
+                            more = false;
+                            break;
+                        }
+                    }
+                }
+                if let (true, Some(open)) = (more, &s.open) {
+                    take(open.first, open.view())?;
                 }
             }
         }
@@ -1135,6 +1302,7 @@ impl Engine {
         identifier: &str,
         progress: &ExportProgress,
     ) -> Result<(), EngineError> {
+        self.check_failed()?;
         let s = self.streams.get_mut(name).ok_or_else(|| not_found(name))?;
         if !s
             .def
@@ -1227,48 +1395,113 @@ impl Engine {
             .or_else(|| self.writer.failure())
     }
 
-    /// Syncs everything written so far to disk (in fjall).
-    pub fn sync(&self) -> Result<(), EngineError> {
-        self.writer.wait_applied().map_err(EngineError::Storage)?;
-        self.db.persist(PersistMode::SyncAll)?;
+    /// Seals every open chunk, hands it to fjall and syncs everything
+    /// written so far to disk.
+    pub fn sync(&mut self) -> Result<(), EngineError> {
+        self.check_failed()?;
+        self.seal_all()?;
+        if let Err(e) = self.writer.wait_applied() {
+            return Err(self.fail(e));
+        }
+        if let Err(e) = self.db.persist(PersistMode::SyncAll) {
+            return Err(self.fail(e.to_string()));
+        }
         Ok(())
     }
 
-    /// Logs `batch` and queues it for fjall (see [`crate::wal`]); returns its
-    /// ticket. A failure is fatal, as any failed write.
+    /// Logs `batch` and queues it for fjall (see [`crate::wal`]), then hands
+    /// the chunks sealed meanwhile to the applier (their messages are now in
+    /// the log); returns the ticket. When the log file is full, every open
+    /// chunk is sealed and sent before the next file starts, so that the
+    /// file can go once the applier is past it. A failure is fatal, as any
+    /// failed write.
     fn commit(&mut self, batch: WriteSet, sync: bool) -> Result<u64, EngineError> {
-        self.writer
-            .commit(batch, sync)
-            .map_err(EngineError::Storage)
+        let ticket = match self.writer.commit(batch, sync) {
+            Ok(t) => t,
+            Err(e) => return Err(self.fail(e)),
+        };
+        self.send_sealed()?;
+        if self.writer.is_full() {
+            self.seal_all()?;
+            if let Err(e) = self.writer.rotate() {
+                return Err(self.fail(e));
+            }
+        }
+        Ok(ticket)
     }
 
-    /// Forgets the unapplied data records fjall now holds.
+    /// Hands the sealed chunks not sent yet to the applier.
+    fn send_sealed(&mut self) -> Result<(), EngineError> {
+        for name in std::mem::take(&mut self.unsent) {
+            let Some(s) = self.streams.get_mut(&name) else {
+                continue;
+            };
+            let Some(ks) = s.ks.clone() else { continue };
+            // Chunks trimmed before they were sent never reach fjall (the
+            // trim that dropped them is already queued before them).
+            let oldest = s.oldest;
+            s.sealed.retain(|c| c.job.is_some() || c.last >= oldest);
+            let unsent = s.sealed.iter().rev().take_while(|c| c.job.is_none()).count();
+            let from = s.sealed.len() - unsent;
+            for c in s.sealed.iter_mut().skip(from) {
+                let key = chunk_key(c.first, c.last);
+                match self.writer.send_chunk(ks.clone(), key, c.value.clone()) {
+                    Ok(n) => c.job = Some(n),
+                    Err(e) => {
+                        self.failed.get_or_insert_with(|| e.clone());
+                        return Err(EngineError::Storage(e));
+                    }
+                }
+            }
+            if !s.sealed.is_empty() {
+                self.with_sealed.insert(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals every open chunk (their messages are all in the log) and sends
+    /// it to the applier.
+    fn seal_all(&mut self) -> Result<(), EngineError> {
+        for (name, s) in self.streams.iter_mut() {
+            if s.open.is_some() {
+                s.seal();
+                self.unsent.insert(name.clone());
+            }
+        }
+        self.send_sealed()
+    }
+
+    /// Forgets the sealed chunks fjall now holds.
     pub fn reclaim_applied(&mut self) {
-        if self.with_unapplied.is_empty() {
+        if self.with_sealed.is_empty() {
             return;
         }
-        let applied = self.writer.applied();
-        self.with_unapplied.retain(|name| {
+        let done = self.writer.chunks_done();
+        self.with_sealed.retain(|name| {
             let Some(s) = self.streams.get_mut(name) else {
                 return false;
             };
-            while s.unapplied.front().is_some_and(|u| u.ticket <= applied) {
-                s.unapplied.pop_front();
+            while s
+                .sealed
+                .front()
+                .is_some_and(|c| c.job.is_some_and(|j| j <= done))
+            {
+                s.sealed.pop_front();
             }
-            !s.unapplied.is_empty()
+            !s.sealed.is_empty()
         });
     }
 
-    /// Clean stop: writes the memtables out as tables (so the next open has
-    /// no journal to replay into memory) and syncs.
-    pub fn close(&self) -> Result<(), EngineError> {
-        self.writer.wait_applied().map_err(EngineError::Storage)?;
-        for ks in [
-            &self.ks_data,
-            &self.ks_state,
-            &self.ks_streams,
-            &self.ks_meta,
-        ] {
+    /// Clean stop: seals the open chunks, writes the memtables out as tables
+    /// (so the next open has no journal to replay into memory) and syncs.
+    pub fn close(&mut self) -> Result<(), EngineError> {
+        self.sync()?;
+        let data = self.streams.values().filter_map(|s| s.ks.as_ref());
+        for ks in [&self.ks_state, &self.ks_streams, &self.ks_meta]
+            .into_iter()
+            .chain(data)
+        {
             ks.rotate_memtable_and_wait()?;
         }
         self.sync()
@@ -1280,9 +1513,17 @@ mod tests {
     use super::*;
     use bus_schema::ExportCommon;
 
-    fn data_keys(e: &Engine) -> usize {
-        e.writer.wait_applied().unwrap();
-        e.ks_data.iter().count()
+    /// Messages of `name` in fjall's chunks, once every open chunk is
+    /// sealed and applied.
+    fn chunked(e: &mut Engine, name: &str) -> u64 {
+        e.sync().unwrap();
+        let ks = e.streams[name].ks.clone().unwrap();
+        ks.iter()
+            .map(|i| {
+                let (_, v) = i.into_inner().unwrap();
+                ChunkView::parse(&v).unwrap().count()
+            })
+            .sum()
     }
 
     fn state_keys(e: &Engine) -> usize {
@@ -1389,11 +1630,11 @@ mod tests {
         }
         drop(e);
 
-        let e = Engine::open(crashed.path()).unwrap();
+        let mut e = Engine::open(crashed.path()).unwrap();
         assert_eq!(numbers(&e, "s"), (0..8).collect::<Vec<_>>());
         let status = &e.describe("s").unwrap().export_statuses[0];
         assert_eq!(status.last_exported_sequence_number, 4);
-        assert_eq!(data_keys(&e), 8);
+        assert_eq!(chunked(&mut e, "s"), 8, "the log's messages are chunks now");
         drop(e);
 
         // A crash in the middle of writing the last record loses that
@@ -1444,7 +1685,9 @@ mod tests {
             payload: &payload,
         }];
         e.append_batch(&items).unwrap();
-        // The append is in the store's log; fjall has it once applied.
+        // The append is in the store's log; fjall has it once its chunk is
+        // sealed and applied.
+        e.seal_all().unwrap();
         e.writer.wait_applied().unwrap();
         let mut journal = JournalSync {
             dir: dir.path().to_path_buf(),
@@ -1497,61 +1740,109 @@ mod tests {
         e.create(&d).unwrap();
         fill(&mut e, "s", 10_000);
         e.commit_export("s", "k", &progress_to(5)).unwrap();
-        assert_eq!(data_keys(&e), 10_000);
+        assert_eq!(chunked(&mut e, "s"), 10_000);
+        let folder = e.streams["s"].ks.as_ref().unwrap().path().to_path_buf();
+        assert!(folder.is_dir());
         e.delete("s").unwrap();
         assert_eq!(
             state_keys(&e),
             0,
             "segments, bounds and cursors are gone at once"
         );
-        let mut steps = 0;
-        while e.gc_pending() {
-            e.gc_step().unwrap();
-            steps += 1;
-        }
-        assert_eq!(steps, 10_000u64.div_ceil(GC_KEYS_PER_STEP));
-        assert_eq!(data_keys(&e), 0);
-        // The removal survives a reopen, and nothing is left to do.
+        assert!(!folder.exists(), "the stream's keyspace folder is gone");
         drop(e);
         let e = Engine::open(dir.path()).unwrap();
-        assert!(!e.gc_pending());
-        assert_eq!(data_keys(&e), 0);
+        assert!(!e.exists("s"));
+        assert!(!folder.exists());
     }
 
     #[test]
-    fn an_interrupted_removal_resumes_after_reopen() {
+    fn a_delete_logged_but_not_applied_is_carried_out_after_a_crash() {
         let dir = tempfile::tempdir().unwrap();
+        let crashed = tempfile::tempdir().unwrap();
         let mut e = Engine::open(dir.path()).unwrap();
         e.create(&StreamDefinition::new("s", StrategyOnFull::RejectNewData))
             .unwrap();
-        fill(&mut e, "s", 10_000);
-        e.delete("s").unwrap();
-        e.gc_step().unwrap();
-        drop(e);
-        let mut e = Engine::open(dir.path()).unwrap();
-        assert!(e.gc_pending());
-        while e.gc_pending() {
-            e.gc_step().unwrap();
+        fill(&mut e, "s", 3_000);
+        e.sync().unwrap();
+        let name = e.streams["s"].ks.as_ref().unwrap().name().to_string();
+        {
+            let gate = e.writer.applier_gate();
+            let _held = gate.lock().unwrap();
+            e.delete("s").unwrap();
+            copy_dir(dir.path(), crashed.path());
         }
-        assert_eq!(data_keys(&e), 0);
+        drop(e);
+        let e = Engine::open(crashed.path()).unwrap();
+        assert!(!e.exists("s"));
+        assert!(
+            !e.db.keyspace_exists(&name),
+            "the replayed delete drops the keyspace"
+        );
     }
 
     #[test]
-    fn overwritten_segments_leave_the_disk() {
+    fn chunks_never_span_segments_and_overwritten_segments_leave_the_disk() {
         let dir = tempfile::tempdir().unwrap();
         let mut e = Engine::open(dir.path()).unwrap();
         let mut d = StreamDefinition::new("s", StrategyOnFull::OverwriteOldestData);
         d.max_size_bytes = Some(100 * 132);
         d.segment_size_bytes = Some(10 * 132);
         e.create(&d).unwrap();
-        fill(&mut e, "s", 1000);
-        while e.gc_pending() {
-            e.gc_step().unwrap();
+        for _ in 0..10 {
+            fill(&mut e, "s", 100);
         }
         let info = e.describe("s").unwrap();
         assert_eq!(info.storage.newest_sequence_number, 999);
         assert_eq!(info.storage.oldest_sequence_number, 900);
-        assert_eq!(data_keys(&e), 100);
+        assert_eq!(chunked(&mut e, "s"), 100);
+        let ks = e.streams["s"].ks.clone().unwrap();
+        for item in ks.iter() {
+            let (first, last) = parse_chunk_key(&item.key().unwrap()).unwrap();
+            assert_eq!(first / 10, last / 10, "chunk {first}..={last} spans segments");
+        }
+        let read = e.read("s", 0, u64::MAX).unwrap();
+        let seqs: Vec<i64> = read.iter().map(|m| m.sequence_number).collect();
+        assert_eq!(seqs, (900..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_large_backlog_is_chunked_and_read_back_across_chunks_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::open(dir.path()).unwrap();
+        e.create(&StreamDefinition::new("s", StrategyOnFull::RejectNewData))
+            .unwrap();
+        let payloads: Vec<Vec<u8>> = (0..3000u32).map(|i| i.to_be_bytes().repeat(64)).collect();
+        for batch in payloads.chunks(500) {
+            let items: Vec<AppendItem<'_>> = batch
+                .iter()
+                .map(|payload| AppendItem {
+                    stream: "s",
+                    payload,
+                })
+                .collect();
+            e.append_batch(&items).unwrap();
+        }
+        // Part in fjall, part sealed, part in the open chunk.
+        let mut seen = 0u32;
+        let mut start = 0u64;
+        while start < 3000 {
+            let read = e.read("s", start, 777).unwrap();
+            for m in &read {
+                assert_eq!(m.sequence_number, seen as i64);
+                assert_eq!(m.payload, payloads[seen as usize]);
+                seen += 1;
+            }
+            start += read.len() as u64;
+        }
+        assert_eq!(seen, 3000);
+        e.sync().unwrap();
+        assert!(e.streams["s"].ks.as_ref().unwrap().iter().count() >= 3);
+        drop(e);
+        let e = Engine::open(dir.path()).unwrap();
+        let read = e.read("s", 1234, 2).unwrap();
+        assert_eq!(read[0].payload, payloads[1234]);
+        assert_eq!(read[1].sequence_number, 1235);
     }
 
     #[test]

@@ -218,9 +218,6 @@ impl StoreServer {
 
     fn next_timeout(&mut self) -> Option<Duration> {
         let now = Instant::now();
-        if self.engine.gc_pending() {
-            return Some(Duration::ZERO);
-        }
         // Bounded scans: at most WAITING_READS_MAX + WATCHERS_MAX entries.
         let next = self
             .reads
@@ -760,11 +757,6 @@ impl StoreServer {
         if now >= self.next_expiry {
             self.next_expiry = now + Duration::from_millis(EXPIRY_INTERVAL_MS);
             if let Err(e) = self.engine.expire(bus::unix_ms()) {
-                self.fatal(e);
-            }
-        }
-        if self.engine.gc_pending() {
-            if let Err(e) = self.engine.gc_step() {
                 self.fatal(e);
             }
         }

@@ -22,10 +22,22 @@
 //! the background sync interval after the applier commits it (the applier
 //! trails by milliseconds), as before the log existed.
 //!
+//! Message data is the exception: a message is logged as a record of the
+//! `Data` keyspace (key sid ++ sequence number, value ingest ms ++ payload)
+//! that the applier skips. The engine groups a stream's messages into chunks
+//! and hands each sealed chunk to the applier ([`Writer::send_chunk`], not
+//! logged again), which inserts it into the stream's keyspace. A log file is
+//! released only after the chunks holding its messages are in fjall (the
+//! engine seals every open chunk before it starts a new file), and replay
+//! returns the messages of the remaining files so that the engine can
+//! rebuild the chunks fjall lacks.
+//!
 //! Record: `[u32 body length][u32 CRC-32 of body][body]`, little endian; body:
-//! `[u64 ticket][u32 op count]`, then per op `[u8 keyspace][u8 1 insert, 0
-//! remove][u32 key length][key]` and, for an insert, `[u32 value length]
-//! [value]`. Tickets count up from 1 with no gap. Every fjall batch the applier
+//! `[u64 ticket][u32 op count]`, then per op `[u8 keyspace][u8 action: 0
+//! remove, 1 insert, 2 trim chunks, 3 drop data][u32 key length][key]` and,
+//! for an insert or a trim, `[u32 value length][value]`. A trim (key sid,
+//! value the new oldest sequence number, both u64 big endian) removes the
+//! stream's chunks below it; a drop (key sid) deletes the stream's keyspace. Tickets count up from 1 with no gap. Every fjall batch the applier
 //! commits also stores its ticket (`META_APPLIED_TICKET`), so replay applies
 //! exactly the records fjall lacks, in order, and stops at the first torn,
 //! corrupt or missing one.
@@ -39,11 +51,11 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use fjall::{Database, Keyspace, PersistMode, Slice};
 
-use crate::keys::META_APPLIED_TICKET;
+use crate::keys::{chunk_key, data_keyspace_name, META_APPLIED_TICKET};
 
 /// A log file is sealed (and a new one started) once it holds this many
 /// bytes; the applier removes it after committing its last change.
-pub const LOG_FILE_BYTES: u64 = 16 * 1024 * 1024;
+pub const LOG_FILE_BYTES: u64 = 8 * 1024 * 1024;
 /// Bytes of changes logged but not yet committed to fjall at most (keys,
 /// values and [`OP_OVERHEAD_BYTES`] per operation); a commit beyond it waits
 /// for the applier (back-pressure).
@@ -80,15 +92,26 @@ impl Ks {
     }
 }
 
-/// fjall handles of the keyspaces, indexed by [`Ks`].
+/// fjall handles of the keyspaces, indexed by [`Ks`] (all but `Data`: each
+/// stream's data has a keyspace of its own).
 #[derive(Clone)]
 pub struct Keyspaces {
     pub db: Database,
-    pub by_tag: [Keyspace; 4],
+    pub by_tag: [Keyspace; 3],
     /// Memtable size at which the applier rotates each keyspace's memtable,
     /// in bytes: the keyspace's own `max_memtable_size` (see
     /// [`Keyspaces::rotate_full`]).
-    pub rotate_at: [u64; 4],
+    pub rotate_at: [u64; 3],
+    /// Options of a stream's chunk keyspace.
+    pub data_options: fn() -> fjall::KeyspaceCreateOptions,
+    /// Memtable size at which the applier rotates a chunk keyspace, in bytes.
+    pub data_rotate_at: u64,
+}
+
+/// What to do with a stream's keyspace once a batch is committed.
+enum After {
+    Trim(Keyspace, [u8; 16]),
+    Drop(Keyspace),
 }
 
 impl Keyspaces {
@@ -96,17 +119,67 @@ impl Keyspaces {
         &self.by_tag[Ks::Meta as usize]
     }
 
+    /// Stream `sid`'s chunk keyspace, opened (and created) if `create`, or
+    /// if it exists.
+    pub fn stream_keyspace(&self, sid: u64, create: bool) -> Result<Option<Keyspace>, String> {
+        let name = data_keyspace_name(sid);
+        if !create && !self.db.keyspace_exists(&name) {
+            return Ok(None);
+        }
+        self.db
+            .keyspace(&name, self.data_options)
+            .map(Some)
+            .map_err(|e| format!("opening keyspace {name}: {e}"))
+    }
+
     /// Commits `ops` and the ticket to fjall as one batch, then rotates the
-    /// memtables it filled.
+    /// memtables it filled. Message records are skipped (their chunks come
+    /// through [`Job::Chunk`]); a trim removes the chunks below the new
+    /// oldest sequence number and then drops the tables that held only them
+    /// (their files leave the disk at once); a drop deletes the keyspace.
     fn apply(&self, ticket: u64, ops: &[Op]) -> Result<(), String> {
         let mut batch = self.db.batch();
-        let mut touched = [false, false, true, false];
+        let mut touched = [false, false, true];
+        let mut after = Vec::new();
         for op in ops {
-            touched[op.ks as usize] = true;
-            let ks = &self.by_tag[op.ks as usize];
-            match &op.value {
-                Some(v) => batch.insert(ks, op.key.clone(), v.clone()),
-                None => batch.remove(ks, op.key.clone()),
+            let sid = || {
+                op.key
+                    .as_ref()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| "a data operation's key is not a stream id".to_string())
+            };
+            match (op.ks, op.action) {
+                (Ks::Data, Action::Insert | Action::Remove) => {}
+                (Ks::Data, Action::TrimChunks) => {
+                    let below = op
+                        .value
+                        .as_ref()
+                        .and_then(|v| v.as_ref().try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or("a trim's value is not a sequence number")?;
+                    if let Some(ks) = self.stream_keyspace(sid()?, false)? {
+                        let end = chunk_key(below, 0);
+                        for item in ks.range(..end) {
+                            batch.remove(&ks, item.key().map_err(|e| e.to_string())?);
+                        }
+                        after.push(After::Trim(ks, end));
+                    }
+                }
+                (Ks::Data, Action::DropData) => {
+                    if let Some(ks) = self.stream_keyspace(sid()?, false)? {
+                        after.push(After::Drop(ks));
+                    }
+                }
+                (_, Action::TrimChunks | Action::DropData) => {}
+                (tag, action) => {
+                    touched[tag as usize] = true;
+                    let ks = &self.by_tag[tag as usize];
+                    match (&op.value, action) {
+                        (Some(v), Action::Insert) => batch.insert(ks, op.key.clone(), v.clone()),
+                        _ => batch.remove(ks, op.key.clone()),
+                    }
+                }
             }
         }
         batch.insert(
@@ -115,7 +188,30 @@ impl Keyspaces {
             ticket.to_be_bytes().to_vec(),
         );
         batch.commit().map_err(|e| e.to_string())?;
+        for a in after {
+            match a {
+                After::Trim(ks, end) => {
+                    use fjall::AbstractTree;
+                    ks.tree
+                        .drop_range::<&[u8], _>(..&end[..])
+                        .map_err(|e| e.to_string())?;
+                }
+                After::Drop(ks) => self.db.delete_keyspace(ks).map_err(|e| e.to_string())?,
+            }
+        }
         self.rotate_full(touched)
+    }
+
+    /// Inserts a sealed chunk into its stream's keyspace, and seals the
+    /// keyspace's memtable once it reached its size.
+    fn insert_chunk(&self, ks: &Keyspace, key: &[u8; 16], value: &Slice) -> Result<(), String> {
+        use fjall::AbstractTree;
+        ks.insert(&key[..], value.clone())
+            .map_err(|e| e.to_string())?;
+        if ks.tree.active_memtable().size() >= self.data_rotate_at {
+            ks.rotate_memtable().map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Seals each touched memtable that reached its size, here rather than
@@ -126,7 +222,7 @@ impl Keyspaces {
     /// worker blocked forever (seen here, at about 140,000 appends/s). Rotating
     /// right after the commit that crossed the size leaves at most one stale
     /// request per rotation, which the worker drops.
-    fn rotate_full(&self, touched: [bool; 4]) -> Result<(), String> {
+    fn rotate_full(&self, touched: [bool; 3]) -> Result<(), String> {
         use fjall::AbstractTree;
         for (i, ks) in self.by_tag.iter().enumerate() {
             if touched[i] && ks.tree.active_memtable().size() >= self.rotate_at[i] {
@@ -137,12 +233,48 @@ impl Keyspaces {
     }
 }
 
-/// One insert (`value` set) or removal.
+/// What an operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Remove = 0,
+    Insert = 1,
+    /// `Data` only: remove the stream's chunks below a sequence number.
+    TrimChunks = 2,
+    /// `Data` only: delete the stream's keyspace.
+    DropData = 3,
+}
+
+impl Action {
+    fn from_tag(tag: u8) -> Option<Action> {
+        Some(match tag {
+            0 => Action::Remove,
+            1 => Action::Insert,
+            2 => Action::TrimChunks,
+            3 => Action::DropData,
+            _ => return None,
+        })
+    }
+    fn has_value(self) -> bool {
+        matches!(self, Action::Insert | Action::TrimChunks)
+    }
+}
+
+/// One operation: an insert (`value` set), a removal, or a stream data
+/// operation ([`Action`]).
 #[derive(Debug, Clone)]
 pub struct Op {
     ks: Ks,
+    action: Action,
     key: Slice,
     value: Option<Slice>,
+}
+
+/// A message record found in the log by [`replay`].
+pub struct LoggedMessage {
+    pub sid: u64,
+    pub seq: u64,
+    /// Ingest ms ++ payload.
+    pub value: Slice,
 }
 
 /// The changes of one engine operation, committed atomically.
@@ -155,12 +287,46 @@ pub struct WriteSet {
 impl WriteSet {
     pub fn insert(&mut self, ks: Ks, key: impl Into<Slice>, value: impl Into<Slice>) {
         let (key, value) = (key.into(), value.into());
-        self.bytes += (key.len() + value.len()) as u64 + OP_OVERHEAD_BYTES;
+        if ks != Ks::Data {
+            self.bytes += (key.len() + value.len()) as u64 + OP_OVERHEAD_BYTES;
+        }
         self.ops.push(Op {
             ks,
+            action: Action::Insert,
             key,
             value: Some(value),
         });
+    }
+
+    /// Removes stream `sid`'s chunks below sequence number `below`.
+    pub fn trim_chunks(&mut self, sid: u64, below: u64) {
+        self.bytes += 16 + OP_OVERHEAD_BYTES;
+        self.ops.push(Op {
+            ks: Ks::Data,
+            action: Action::TrimChunks,
+            key: Slice::from(&sid.to_be_bytes()[..]),
+            value: Some(Slice::from(&below.to_be_bytes()[..])),
+        });
+    }
+
+    /// Deletes stream `sid`'s keyspace.
+    pub fn drop_data(&mut self, sid: u64) {
+        self.bytes += 8 + OP_OVERHEAD_BYTES;
+        self.ops.push(Op {
+            ks: Ks::Data,
+            action: Action::DropData,
+            key: Slice::from(&sid.to_be_bytes()[..]),
+            value: None,
+        });
+    }
+
+    /// Bytes of the record this set makes in the log, at most.
+    pub fn log_bytes(&self) -> u64 {
+        self.ops
+            .iter()
+            .map(|o| 10 + o.key.len() + o.value.as_ref().map_or(0, |v| 4 + v.len()))
+            .sum::<usize>() as u64
+            + 32
     }
 
     pub fn remove(&mut self, ks: Ks, key: impl Into<Slice>) {
@@ -168,6 +334,7 @@ impl WriteSet {
         self.bytes += key.len() as u64 + OP_OVERHEAD_BYTES;
         self.ops.push(Op {
             ks,
+            action: Action::Remove,
             key,
             value: None,
         });
@@ -185,7 +352,7 @@ impl WriteSet {
         out.extend_from_slice(&(self.ops.len() as u32).to_le_bytes());
         for op in &self.ops {
             out.push(op.ks as u8);
-            out.push(op.value.is_some() as u8);
+            out.push(op.action as u8);
             out.extend_from_slice(&(op.key.len() as u32).to_le_bytes());
             out.extend_from_slice(&op.key);
             if let Some(v) = &op.value {
@@ -241,20 +408,21 @@ fn decode_one(bytes: &[u8], at: usize) -> Option<(u64, Vec<Op>, usize)> {
     let mut ops = Vec::new();
     for _ in 0..count {
         let ks = Ks::from_tag(r.take(1)?[0])?;
-        let insert = match r.take(1)?[0] {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
+        let action = Action::from_tag(r.take(1)?[0])?;
         let key_len = r.u32()? as usize;
         let key = Slice::from(r.take(key_len)?);
-        let value = if insert {
+        let value = if action.has_value() {
             let value_len = r.u32()? as usize;
             Some(Slice::from(r.take(value_len)?))
         } else {
             None
         };
-        ops.push(Op { ks, key, value });
+        ops.push(Op {
+            ks,
+            action,
+            key,
+            value,
+        });
     }
     if !r.0.is_empty() {
         return None;
@@ -299,12 +467,16 @@ pub struct Replayed {
     pub next_file: u64,
     /// Records applied from the log.
     pub applied: u64,
+    /// Every message record of the log, in order: the engine writes the
+    /// chunks fjall lacks, then calls [`remove_replayed`].
+    pub messages: Vec<LoggedMessage>,
+    files: Vec<u64>,
 }
 
-/// Applies to fjall every logged change it lacks, syncs fjall, and removes
-/// the log files. Stops at the first torn, corrupt or missing record (the
-/// tail a crash can leave: never acknowledged, or not `flushOnWrite` and lost
-/// with a power failure).
+/// Applies to fjall every logged change it lacks and syncs fjall; returns
+/// the messages of the log for the engine. Stops at the first torn, corrupt
+/// or missing record (the tail a crash can leave: never acknowledged, or not
+/// `flushOnWrite` and lost with a power failure).
 pub fn replay(dir: &Path, ks: &Keyspaces) -> Result<Replayed, String> {
     if !dir.is_dir() {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -331,6 +503,7 @@ pub fn replay(dir: &Path, ks: &Keyspaces) -> Result<Replayed, String> {
     let files = log_files(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
     let mut last = stored;
     let mut stopped = false;
+    let mut messages = Vec::new();
     for &number in &files {
         if stopped {
             break;
@@ -338,7 +511,23 @@ pub fn replay(dir: &Path, ks: &Keyspaces) -> Result<Replayed, String> {
         let path = log_path(dir, number);
         let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
         let ending = decode_all(&bytes, |ticket, ops| {
-            if stopped || ticket <= last {
+            if stopped {
+                return Ok(());
+            }
+            // Messages of every record still in the log: their chunks may
+            // not be in fjall even where the record's other changes are.
+            for op in &ops {
+                if let (Ks::Data, Action::Insert, Some(value)) = (op.ks, op.action, &op.value) {
+                    if let Some((sid, seq)) = crate::keys::parse_data_key(&op.key) {
+                        messages.push(LoggedMessage {
+                            sid,
+                            seq,
+                            value: value.clone(),
+                        });
+                    }
+                }
+            }
+            if ticket <= last {
                 return Ok(());
             }
             if ticket != last + 1 {
@@ -366,15 +555,25 @@ pub fn replay(dir: &Path, ks: &Keyspaces) -> Result<Replayed, String> {
     ks.db
         .persist(PersistMode::SyncAll)
         .map_err(|e| e.to_string())?;
-    for &number in &files {
-        let path = log_path(dir, number);
-        std::fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
-    }
     Ok(Replayed {
         last_ticket: last,
         next_file: files.last().map_or(1, |n| n + 1),
         applied: last - stored,
+        messages,
+        files,
     })
+}
+
+/// Removes the replayed log files, once fjall holds and has synced every
+/// change and chunk they carry.
+pub fn remove_replayed(dir: &Path, replayed: &mut Replayed) -> Result<(), String> {
+    for &number in &replayed.files {
+        let path = log_path(dir, number);
+        std::fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+    }
+    replayed.files.clear();
+    replayed.messages = Vec::new();
+    Ok(())
 }
 
 enum Job {
@@ -382,6 +581,14 @@ enum Job {
         ticket: u64,
         ops: Vec<Op>,
         bytes: u64,
+    },
+    /// A sealed chunk for a stream's keyspace, numbered from 1 in the order
+    /// sent.
+    Chunk {
+        number: u64,
+        ks: Keyspace,
+        key: [u8; 16],
+        value: Slice,
     },
     Release {
         file: u64,
@@ -401,6 +608,8 @@ enum Job {
 struct Shared {
     /// Last ticket committed to fjall.
     applied: AtomicU64,
+    /// Number of the last chunk inserted into fjall.
+    chunks_done: AtomicU64,
     /// Bytes queued for the applier.
     queued_bytes: AtomicU64,
     /// Highest sealed log file removed (its changes are synced in fjall).
@@ -486,6 +695,8 @@ pub struct Writer {
     /// Sealed files the applier has not released yet.
     sealed: VecDeque<(u64, File)>,
     next_ticket: u64,
+    /// Number of the last chunk sent to the applier.
+    chunks_sent: u64,
     buf: Vec<u8>,
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -518,6 +729,7 @@ impl Writer {
             file_bytes: LOG_FILE_BYTES,
             sealed: VecDeque::new(),
             next_ticket: replayed.last_ticket + 1,
+            chunks_sent: 0,
             buf: Vec::new(),
             shared,
             thread: Some(thread),
@@ -534,6 +746,46 @@ impl Writer {
         self.shared.applied.load(Ordering::SeqCst)
     }
 
+    /// The number of the last chunk in fjall (chunks are numbered by
+    /// [`Writer::send_chunk`]).
+    pub fn chunks_done(&self) -> u64 {
+        self.shared.chunks_done.load(Ordering::SeqCst)
+    }
+
+    /// Hands a sealed chunk to the applier; returns its number. Waits while
+    /// the applier's queue is full (back-pressure).
+    pub fn send_chunk(&mut self, ks: Keyspace, key: [u8; 16], value: Slice) -> Result<u64, String> {
+        let bytes = value.len() as u64 + OP_OVERHEAD_BYTES;
+        self.wait_for_room(bytes)?;
+        self.chunks_sent += 1;
+        let number = self.chunks_sent;
+        self.send(Job::Chunk {
+            number,
+            ks,
+            key,
+            value,
+        });
+        Ok(number)
+    }
+
+    /// Waits until `bytes` more fit in the applier's queue, and counts them.
+    fn wait_for_room(&self, bytes: u64) -> Result<(), String> {
+        let queued = &self.shared.queued_bytes;
+        let room = |q: u64| q == 0 || q + bytes <= APPLY_QUEUE_BYTES_MAX;
+        if !room(queued.load(Ordering::SeqCst)) {
+            self.shared
+                .wait_until(|| room(queued.load(Ordering::SeqCst)))?;
+        }
+        queued.fetch_add(bytes, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether the active file is full: the engine then seals its open
+    /// chunks and calls [`Writer::rotate`].
+    pub fn is_full(&self) -> bool {
+        self.active_bytes >= self.file_bytes
+    }
+
     /// Why the applier stopped, if it failed (the store must then exit).
     pub fn failure(&self) -> Option<String> {
         self.shared.failure()
@@ -544,22 +796,31 @@ impl Writer {
     /// `sync`, a power failure). Returns the set's ticket.
     pub fn commit(&mut self, set: WriteSet, sync: bool) -> Result<u64, String> {
         if let Some(e) = self.failure() {
-            return Err(format!("applying the write-ahead log failed: {e}"));
+            return Err(format!("the write-ahead log failed earlier: {e}"));
         }
         let ticket = self.next_ticket;
         self.buf.clear();
         set.encode(ticket, &mut self.buf);
-        self.active
-            .write_all(&self.buf)
-            .map_err(|e| format!("writing the write-ahead log: {e}"))?;
+        // A failed write or sync fails the log for good (the store must
+        // restart: the record may be half written, and Linux may drop the
+        // dirty pages of a failed sync), and wakes anyone waiting for the
+        // applier, which will never see this ticket.
+        if let Err(e) = self.active.write_all(&self.buf) {
+            let e = format!("writing the write-ahead log: {e}");
+            self.shared.fail(e.clone());
+            return Err(e);
+        }
         self.active_bytes += self.buf.len() as u64;
         self.next_ticket += 1;
         if self.buf.capacity() > 2 * LOG_FILE_BYTES as usize {
             self.buf = Vec::new();
         }
         if sync {
-            self.sync_all()
-                .map_err(|e| format!("syncing the write-ahead log: {e}"))?;
+            if let Err(e) = self.sync_all() {
+                let e = format!("syncing the write-ahead log: {e}");
+                self.shared.fail(e.clone());
+                return Err(e);
+            }
         }
         let released = self.shared.released.load(Ordering::SeqCst);
         while self.sealed.front().is_some_and(|(n, _)| *n <= released) {
@@ -567,22 +828,15 @@ impl Writer {
                 self.send(Job::Close(file));
             }
         }
-        let queued = &self.shared.queued_bytes;
-        let room = |q: u64| q == 0 || q + set.bytes <= APPLY_QUEUE_BYTES_MAX;
-        if !room(queued.load(Ordering::SeqCst)) {
-            self.shared
-                .wait_until(|| room(queued.load(Ordering::SeqCst)))?;
-        }
-        queued.fetch_add(set.bytes, Ordering::SeqCst);
+        self.wait_for_room(set.bytes)?;
+        // Message records stay in the log only: their chunks follow.
+        let mut ops = set.ops;
+        ops.retain(|o| !(o.ks == Ks::Data && o.action == Action::Insert));
         self.send(Job::Apply {
             ticket,
-            ops: set.ops,
+            ops,
             bytes: set.bytes,
         });
-        if self.active_bytes >= self.file_bytes {
-            self.rotate()
-                .map_err(|e| format!("starting a write-ahead log file: {e}"))?;
-        }
         Ok(ticket)
     }
 
@@ -607,7 +861,17 @@ impl Writer {
         Ok(())
     }
 
-    fn rotate(&mut self) -> std::io::Result<()> {
+    /// Seals the active file and starts the next one; the applier releases
+    /// the sealed file once every job sent before this call is done.
+    pub fn rotate(&mut self) -> Result<(), String> {
+        self.rotate_file().map_err(|e| {
+            let e = format!("starting a write-ahead log file: {e}");
+            self.shared.fail(e.clone());
+            e
+        })
+    }
+
+    fn rotate_file(&mut self) -> std::io::Result<()> {
         let number = self.active_number + 1;
         let new = create_log(&self.dir, number)?;
         let old = std::mem::replace(&mut self.active, new);
@@ -621,11 +885,13 @@ impl Writer {
         Ok(())
     }
 
-    /// Waits until fjall holds every committed change.
+    /// Waits until fjall holds every committed change and every chunk sent.
     pub fn wait_applied(&self) -> Result<(), String> {
-        let last = self.next_ticket - 1;
-        self.shared
-            .wait_until(|| self.shared.applied.load(Ordering::SeqCst) >= last)
+        let (last, chunks) = (self.next_ticket - 1, self.chunks_sent);
+        self.shared.wait_until(|| {
+            self.shared.applied.load(Ordering::SeqCst) >= last
+                && self.shared.chunks_done.load(Ordering::SeqCst) >= chunks
+        })
     }
 
     /// A lock the applier takes before each job: holding it stops the
@@ -679,6 +945,18 @@ fn apply_jobs(ks: &Keyspaces, dir: &Path, shared: &Shared, dirty: &AtomicBool) {
                 shared.applied.store(ticket, Ordering::SeqCst);
                 shared.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
             }),
+            Job::Chunk {
+                number,
+                ks: stream_ks,
+                key,
+                value,
+            } => ks.insert_chunk(&stream_ks, &key, &value).map(|()| {
+                dirty.store(true, Ordering::SeqCst);
+                shared.chunks_done.store(number, Ordering::SeqCst);
+                shared
+                    .queued_bytes
+                    .fetch_sub(value.len() as u64 + OP_OVERHEAD_BYTES, Ordering::SeqCst);
+            }),
             // Everything logged in `file` is committed (jobs run in order):
             // sync fjall's journal, then the file is no longer needed.
             Job::Release { file } => ks
@@ -713,9 +991,11 @@ mod tests {
         let db = Database::builder(dir).open().unwrap();
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).unwrap();
         Keyspaces {
-            by_tag: [ks("a"), ks("b"), ks("c"), ks("d")],
+            by_tag: [ks("a"), ks("b"), ks("c")],
             db,
-            rotate_at: [1 << 20; 4],
+            rotate_at: [1 << 20; 3],
+            data_options: KeyspaceCreateOptions::default,
+            data_rotate_at: 1 << 20,
         }
     }
 
@@ -734,8 +1014,11 @@ mod tests {
         w.file_bytes = 4096;
         for i in 0u32..200 {
             let mut set = WriteSet::default();
-            set.insert(Ks::Data, i.to_be_bytes().to_vec(), vec![1u8; 100]);
+            set.insert(Ks::State, i.to_be_bytes().to_vec(), vec![1u8; 100]);
             w.commit(set, i % 50 == 0).unwrap();
+            if w.is_full() {
+                w.rotate().unwrap();
+            }
         }
         w.wait_applied().unwrap();
         // Released files are removed by the applier; the writer hands their
@@ -753,14 +1036,59 @@ mod tests {
             "descriptors of removed files are closed"
         );
         drop(w);
-        assert_eq!(ks.by_tag[Ks::Data as usize].iter().count(), 200);
+        assert_eq!(ks.by_tag[Ks::State as usize].iter().count(), 200);
         drop(ks);
 
         let ks = open(root.path());
-        let again = replay(&log_dir, &ks).unwrap();
+        let mut again = replay(&log_dir, &ks).unwrap();
         assert_eq!((again.last_ticket, again.applied), (201, 0));
-        assert!(logs(&log_dir).is_empty(), "replay removes the log");
         assert_eq!(again.next_file, left.last().unwrap() + 1);
+        remove_replayed(&log_dir, &mut again).unwrap();
+        assert!(logs(&log_dir).is_empty(), "replayed files are removed");
+    }
+
+    #[test]
+    fn messages_stay_in_the_log_only_and_replay_returns_them() {
+        let root = tempfile::tempdir().unwrap();
+        let log_dir = root.path().join(LOG_DIR);
+        let ks = open(root.path());
+        let replayed = replay(&log_dir, &ks).unwrap();
+        let mut w = Writer::start(&log_dir, ks.clone(), &replayed, Arc::default()).unwrap();
+        let mut set = WriteSet::default();
+        set.insert(Ks::Data, crate::keys::data_key(7, 3).to_vec(), vec![9u8; 20]);
+        set.insert(Ks::State, b"s".to_vec(), vec![1u8]);
+        w.commit(set, false).unwrap();
+        w.wait_applied().unwrap();
+        drop(w);
+        assert_eq!(ks.by_tag[Ks::State as usize].iter().count(), 1);
+        let again = replay(&log_dir, &ks).unwrap();
+        assert_eq!(again.applied, 0, "fjall had the record");
+        let m: Vec<_> = again.messages.iter().map(|m| (m.sid, m.seq, m.value.len())).collect();
+        assert_eq!(m, [(7, 3, 20)], "the message is still returned");
+    }
+
+    #[test]
+    fn a_failed_log_write_fails_the_writer_and_nobody_waits_forever() {
+        let root = tempfile::tempdir().unwrap();
+        let log_dir = root.path().join(LOG_DIR);
+        let ks = open(root.path());
+        let replayed = replay(&log_dir, &ks).unwrap();
+        let mut w = Writer::start(&log_dir, ks, &replayed, Arc::default()).unwrap();
+        let mut set = WriteSet::default();
+        set.insert(Ks::State, b"a".to_vec(), vec![1u8]);
+        w.commit(set, true).unwrap();
+        // A descriptor that cannot write stands for a disk that fails.
+        w.active = File::open(log_path(&log_dir, replayed.next_file)).unwrap();
+        let mut set = WriteSet::default();
+        set.insert(Ks::State, b"b".to_vec(), vec![1u8]);
+        let e = w.commit(set, true).unwrap_err();
+        assert!(e.contains("writing the write-ahead log"), "{e}");
+        let started = std::time::Instant::now();
+        let waited = w.wait_applied();
+        assert!(waited.is_err(), "waiting for the applier reports the failure");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        let again = w.commit(WriteSet::default(), false).unwrap_err();
+        assert!(again.contains("failed earlier"), "{again}");
     }
 
     fn sample() -> WriteSet {
