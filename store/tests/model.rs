@@ -110,7 +110,6 @@ struct Model {
     streams: BTreeMap<String, MStream>,
     /// GC jobs the engine should have queued (each is small enough to finish
     /// in one step).
-    gc_jobs: usize,
     /// Counters of the current engine instance.
     appends: u64,
     segments_dropped: u64,
@@ -180,9 +179,7 @@ impl Model {
             .streams
             .remove(name)
             .ok_or(ErrorKind::ResourceNotFound)?;
-        if s.is_file() && s.next > s.oldest {
-            self.gc_jobs += 1;
-        }
+        let _ = s;
         Ok(())
     }
 
@@ -211,9 +208,6 @@ impl Model {
                 dropped += 1;
             }
             self.segments_dropped += dropped;
-            if s.is_file() && dropped > 0 {
-                self.gc_jobs += 1;
-            }
         }
         let seq = s.next;
         s.next += 1;
@@ -253,9 +247,6 @@ impl Model {
             {
                 s.drop_front();
                 dropped += 1;
-            }
-            if dropped > 0 && s.is_file() {
-                self.gc_jobs += 1;
             }
             total += dropped;
         }
@@ -376,7 +367,8 @@ enum Op {
         start: StartSel,
     },
     Expire(ExpireSel),
-    Gc(u8),
+    /// Seal every open chunk and wait until fjall holds everything.
+    Sync,
     Reopen {
         sync: bool,
     },
@@ -486,7 +478,7 @@ fn op_strategy(aligned: bool) -> impl Strategy<Value = Op> {
                 .prop_map(|(name, seg, delta)| ExpireSel::AroundSegment { name, seg, delta }),
         ]
         .prop_map(Op::Expire),
-        5 => (0u8..4).prop_map(Op::Gc),
+        5 => Just(Op::Sync),
         5 => any::<bool>().prop_map(|sync| Op::Reopen { sync }),
     ]
 }
@@ -686,12 +678,9 @@ fn step(
             let got = refused(engine.expire(now))?;
             prop_assert_eq!(got, Ok(model.expire(now)), "expire({})", now);
         }
-        Op::Gc(n) => {
-            for _ in 0..*n {
-                refused(engine.gc_step())?
-                    .map_err(|k| TestCaseError::fail(format!("gc_step refused: {k:?}")))?;
-                model.gc_jobs = model.gc_jobs.saturating_sub(1);
-            }
+        Op::Sync => {
+            refused(engine.sync())?
+                .map_err(|k| TestCaseError::fail(format!("sync refused: {k:?}")))?;
         }
         Op::Reopen { .. } => unreachable!("handled by the caller"),
     }
@@ -726,12 +715,6 @@ fn check_all(engine: &Engine, model: &Model) -> Result<(), TestCaseError> {
         let got = refused(engine.available(name, 0))?;
         prop_assert_eq!(got, model.available(name, 0), "available({}, 0)", name);
     }
-    prop_assert_eq!(
-        engine.gc_pending(),
-        model.gc_jobs > 0,
-        "gc_pending (model expects {} jobs)",
-        model.gc_jobs
-    );
     prop_assert_eq!(engine.stats.appends, model.appends, "stats.appends");
     prop_assert_eq!(
         engine.stats.segments_dropped,
