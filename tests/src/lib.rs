@@ -7,6 +7,8 @@ pub mod fake_iot;
 pub mod fast_kinesis;
 pub mod fault_proxy;
 pub mod http;
+pub mod load;
+pub mod peer_bench;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -220,15 +222,21 @@ pub mod wire_client {
     /// Creates a stream (RejectNewData, defaults) on a connected socket;
     /// returns the status.
     pub fn create(s: &mut TcpStream, stream: &str) -> i64 {
+        create_def(
+            s,
+            ciborium::Value::Map(vec![
+                ("name".into(), stream.into()),
+                ("strategyOnFull".into(), 0.into()),
+            ]),
+        )
+    }
+
+    /// Creates a stream from a MessageStreamDefinition map; returns the
+    /// status.
+    pub fn create_def(s: &mut TcpStream, definition: ciborium::Value) -> i64 {
         let req = ciborium::Value::Map(vec![
             ("requestId".into(), "c".into()),
-            (
-                "definition".into(),
-                ciborium::Value::Map(vec![
-                    ("name".into(), stream.into()),
-                    ("strategyOnFull".into(), 0.into()),
-                ]),
-            ),
+            ("definition".into(), definition),
         ]);
         s.write_all(&frame(2, &req)).unwrap();
         status(&read_frame(s).unwrap().1)

@@ -23,18 +23,16 @@
 //! in one write. It checks each answer's status and request id. The CPU each
 //! process used per append is printed beside the rates.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ciborium::Value;
-use serde::Deserialize;
+use stream_manager_tests::load::{connect, exe, percentile_ms, AppendAnswer, AppendTemplate, Proc};
 use stream_manager_tests::{cpu_secs, peak_rss_kib, rss_kib, wire_client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 const CONNECTIONS: usize = 8;
@@ -47,8 +45,6 @@ const QUIET_CPU_SHARE: f64 = 0.05;
 const QUIET_SAMPLE: Duration = Duration::from_millis(500);
 /// ...or after this long, whichever comes first.
 const QUIET_WAIT_MAX: Duration = Duration::from_secs(120);
-/// Width of the request ids the load generator sends (decimal digits).
-const ID_DIGITS: usize = 12;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -66,71 +62,6 @@ fn main() -> Result<()> {
     let r = rt.block_on(bench(&tmp, quick, latency_only));
     let _ = std::fs::remove_dir_all(&tmp);
     r
-}
-
-fn exe(name: &str) -> Result<PathBuf> {
-    Ok(std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .join(name))
-}
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A connected, handshaken wire-protocol client.
-async fn connect(port: u16) -> Result<TcpStream> {
-    let mut s = wire_client::connect(port);
-    wire_client::hello(&mut s);
-    s.set_read_timeout(None)?;
-    s.set_nonblocking(true)?;
-    let s = TcpStream::from_std(s)?;
-    s.set_nodelay(true)?;
-    Ok(s)
-}
-
-/// One append request, encoded once; `frame_for` patches the request id.
-struct AppendTemplate {
-    frame: Vec<u8>,
-    id_at: usize,
-}
-
-impl AppendTemplate {
-    fn new(stream: &str) -> Self {
-        let placeholder = "#".repeat(ID_DIGITS);
-        let req = Value::Map(vec![
-            ("requestId".into(), placeholder.as_str().into()),
-            ("name".into(), stream.into()),
-            ("payload".into(), Value::Bytes(vec![0x5a; PAYLOAD_BYTES])),
-        ]);
-        let frame = wire_client::frame(4, &req);
-        let id_at = frame
-            .windows(ID_DIGITS)
-            .position(|w| w == placeholder.as_bytes())
-            .expect("the placeholder is in the frame");
-        Self { frame, id_at }
-    }
-
-    fn write_for(&self, id: u64, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&self.frame);
-        let digits = format!("{id:0width$}", width = ID_DIGITS);
-        out[start + self.id_at..start + self.id_at + ID_DIGITS].copy_from_slice(digits.as_bytes());
-    }
-}
-
-#[derive(Deserialize)]
-struct AppendAnswer {
-    #[serde(rename = "requestId")]
-    request_id: String,
-    status: i64,
 }
 
 /// Appends `count` messages to `stream` on one connection with at most
@@ -180,7 +111,7 @@ async fn append_conn(
             Ok(latencies)
         })
     };
-    let template = AppendTemplate::new(&stream);
+    let template = AppendTemplate::new(&stream, PAYLOAD_BYTES);
     let mut out = Vec::with_capacity(IN_FLIGHT * template.frame.len());
     let mut next = 0usize;
     while next < count {
@@ -297,14 +228,6 @@ fn latency_row(
             waited.as_secs_f64()
         ),
     )
-}
-
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
 }
 
 /// Waits until the store is quiet (see the module comment); returns how long
