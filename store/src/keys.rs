@@ -158,7 +158,8 @@ impl ChunkBuilder {
     }
     pub fn push(&mut self, ingest_ms: u64, payload: &[u8]) {
         self.buf.extend_from_slice(&ingest_ms.to_be_bytes());
-        self.buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        self.buf
+            .extend_from_slice(&(payload.len() as u32).to_be_bytes());
         self.buf.extend_from_slice(payload);
         self.count += 1;
     }

@@ -22,6 +22,9 @@ use crate::engine::{AppendItem, Engine, EngineError};
 
 /// Requests taken off the socket in one round.
 pub const ROUND_REQUESTS_MAX: usize = 4096;
+/// How long a store that stops after a storage failure waits for its last
+/// answers to leave before it exits, in ms.
+pub const FAILURE_REPLY_GRACE_MS: u64 = 200;
 /// Append payload bytes taken off the socket in one round; the rest waits
 /// in the socket queue for the next round.
 pub const ROUND_APPEND_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -208,6 +211,17 @@ impl StoreServer {
                 w.id,
                 err(ErrorKind::ShuttingDown, "the store is stopping"),
             );
+        }
+        if let Stop::StorageFailure(_) = stop {
+            // No clean close after a failed write: fjall may wait forever
+            // for a flush that cannot happen (a full disk), and the log has
+            // everything acknowledged. The process exits as it is; the next
+            // open replays the log. The last answers (the failure itself)
+            // first get `FAILURE_REPLY_GRACE_MS` to leave: ZeroMQ sends from
+            // its own thread and drops what is queued at exit (linger 0).
+            std::thread::sleep(Duration::from_millis(FAILURE_REPLY_GRACE_MS));
+            std::mem::forget(self);
+            return stop;
         }
         if let Err(e) = self.engine.close() {
             tracing::error!(error = %e, "closing the database failed");

@@ -66,6 +66,31 @@ pub const OP_OVERHEAD_BYTES: u64 = 64;
 /// Body bytes of one log record at most (a batch of appends at its largest is
 /// far below): a longer declared length is corruption, and replay stops there.
 pub const RECORD_BYTES_MAX: u32 = 1024 * 1024 * 1024;
+/// Free space the log leaves on its file system when it grows for appends,
+/// in bytes: room for the applier to move the log's changes into fjall
+/// (which writes them twice, journal and table, before a log file can go)
+/// and for fjall's flushes. Below it, appends are refused (before anything
+/// changes) with an error that says the disk is full.
+pub const APPEND_DISK_HEADROOM_BYTES: u64 = 24 * 1024 * 1024;
+/// The same for the other changes (cursors, definitions, deletes), which are
+/// small and let exports go on and streams be deleted on a full disk, in
+/// bytes.
+pub const OTHER_DISK_HEADROOM_BYTES: u64 = 4 * 1024 * 1024;
+/// Free space below which the applier waits (checking every
+/// [`APPLIER_DISK_RECHECK_MS`]) instead of writing to fjall, in bytes on top
+/// of the job's own size: fjall treats a failed write as fatal and poisons
+/// the database.
+pub const APPLIER_DISK_HEADROOM_BYTES: u64 = 2 * 1024 * 1024;
+/// How often a waiting applier looks at the free space again, in ms.
+pub const APPLIER_DISK_RECHECK_MS: u64 = 100;
+/// The log preallocates its files in steps of this many bytes (at least),
+/// so that a record never meets a full disk halfway through its write.
+pub const LOG_RESERVE_STEP_BYTES: u64 = 1024 * 1024;
+/// Once fjall's journal holds this many bytes, the applier seals every
+/// memtable (when it releases a log file) so that fjall writes them out and
+/// removes the journal: the journal's disk use stays near this bound instead
+/// of fjall's own minimum limit of 64 MiB.
+pub const JOURNAL_RELEASE_BYTES: u64 = 16 * 1024 * 1024;
 /// Name of the log directory, inside the database directory.
 pub const LOG_DIR: &str = "wal";
 
@@ -196,22 +221,39 @@ impl Keyspaces {
                         .drop_range::<&[u8], _>(..&end[..])
                         .map_err(|e| e.to_string())?;
                 }
-                After::Drop(ks) => self.db.delete_keyspace(ks).map_err(|e| e.to_string())?,
+                After::Drop(ks) => {
+                    self.db.delete_keyspace(ks).map_err(|e| e.to_string())?;
+                    self.release_journal()?;
+                }
             }
         }
         self.rotate_full(touched)
     }
 
+    /// Seals every keyspace's memtable, so that fjall writes them out and
+    /// can remove its journal files: after a stream is deleted, its messages
+    /// leave the journal within seconds instead of when the journal reaches
+    /// its size limit.
+    fn release_journal(&self) -> Result<(), String> {
+        for name in self.db.list_keyspace_names() {
+            if let Ok(ks) = self
+                .db
+                .keyspace(&name, fjall::KeyspaceCreateOptions::default)
+            {
+                ks.rotate_memtable().map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Inserts a sealed chunk into its stream's keyspace, and seals the
     /// keyspace's memtable once it reached its size.
     fn insert_chunk(&self, ks: &Keyspace, key: &[u8; 16], value: &Slice) -> Result<(), String> {
-        use fjall::AbstractTree;
-        ks.insert(&key[..], value.clone())
+        let mut ingestion = ks.start_ingestion().map_err(|e| e.to_string())?;
+        ingestion
+            .write(&key[..], value.clone())
             .map_err(|e| e.to_string())?;
-        if ks.tree.active_memtable().size() >= self.data_rotate_at {
-            ks.rotate_memtable().map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        ingestion.finish().map_err(|e| e.to_string())
     }
 
     /// Seals each touched memtable that reached its size, here rather than
@@ -467,10 +509,12 @@ pub struct Replayed {
     pub next_file: u64,
     /// Records applied from the log.
     pub applied: u64,
-    /// Every message record of the log, in order: the engine writes the
-    /// chunks fjall lacks, then calls [`remove_replayed`].
+    /// Every message record of the log, in order: the engine rebuilds the
+    /// chunks fjall lacks, sends them, then calls
+    /// [`Writer::release_replayed`].
     pub messages: Vec<LoggedMessage>,
-    files: Vec<u64>,
+    /// The log files found, ascending; they stay until released.
+    pub files: Vec<u64>,
 }
 
 /// Applies to fjall every logged change it lacks and syncs fjall; returns
@@ -564,18 +608,6 @@ pub fn replay(dir: &Path, ks: &Keyspaces) -> Result<Replayed, String> {
     })
 }
 
-/// Removes the replayed log files, once fjall holds and has synced every
-/// change and chunk they carry.
-pub fn remove_replayed(dir: &Path, replayed: &mut Replayed) -> Result<(), String> {
-    for &number in &replayed.files {
-        let path = log_path(dir, number);
-        std::fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
-    }
-    replayed.files.clear();
-    replayed.messages = Vec::new();
-    Ok(())
-}
-
 enum Job {
     Apply {
         ticket: u64,
@@ -608,6 +640,8 @@ enum Job {
 struct Shared {
     /// Last ticket committed to fjall.
     applied: AtomicU64,
+    /// The applier is waiting for free disk space.
+    disk_wait: AtomicBool,
     /// Number of the last chunk inserted into fjall.
     chunks_done: AtomicU64,
     /// Bytes queued for the applier.
@@ -663,11 +697,19 @@ impl Shared {
     fn wait_until(&self, done: impl Fn() -> bool) -> Result<(), String> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let outcome = loop {
+            // A failed log is reported even if what is awaited is done:
+            // the caller must not go on as if the store were healthy.
+            if let Some(e) = self.failure() {
+                break Err(format!("the write-ahead log failed: {e}"));
+            }
             if done() {
                 break Ok(());
             }
-            if let Some(e) = self.failure() {
-                break Err(format!("applying the write-ahead log failed: {e}"));
+            if self.disk_wait.load(Ordering::SeqCst) {
+                break Err(
+                    "the disk is full: the log's changes cannot reach the database until space is freed"
+                        .to_string(),
+                );
             }
             let g = self.wake.lock().unwrap_or_else(|p| p.into_inner());
             if done() || self.has_failed.load(Ordering::SeqCst) {
@@ -688,6 +730,8 @@ pub struct Writer {
     active: File,
     active_number: u64,
     active_bytes: u64,
+    /// Bytes of the active file preallocated (its blocks are reserved).
+    reserved: u64,
     /// Whether the directory entry of the active file is known synced.
     active_entry_synced: bool,
     /// Size at which the active file is sealed ([`LOG_FILE_BYTES`]).
@@ -711,6 +755,10 @@ impl Writer {
         replayed: &Replayed,
         dirty: Arc<AtomicBool>,
     ) -> std::io::Result<Writer> {
+        let mut sealed = VecDeque::new();
+        for &number in &replayed.files {
+            sealed.push_back((number, File::open(log_path(dir, number))?));
+        }
         let active = create_log(dir, replayed.next_file)?;
         let shared = Arc::new(Shared::default());
         shared.applied.store(replayed.last_ticket, Ordering::SeqCst);
@@ -725,15 +773,31 @@ impl Writer {
             active,
             active_number: replayed.next_file,
             active_bytes: 0,
+            reserved: 0,
             active_entry_synced: false,
             file_bytes: LOG_FILE_BYTES,
-            sealed: VecDeque::new(),
+            sealed,
             next_ticket: replayed.last_ticket + 1,
             chunks_sent: 0,
             buf: Vec::new(),
             shared,
             thread: Some(thread),
         })
+    }
+
+    /// Releases the log files found at open, in order, once every job sent
+    /// so far is done (the engine first sends the chunks it rebuilt from
+    /// them).
+    pub fn release_replayed(&mut self) {
+        let replayed: Vec<u64> = self
+            .sealed
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| *n < self.active_number)
+            .collect();
+        for file in replayed {
+            self.send(Job::Release { file });
+        }
     }
 
     /// The ticket the next commit gets.
@@ -752,11 +816,62 @@ impl Writer {
         self.shared.chunks_done.load(Ordering::SeqCst)
     }
 
-    /// Hands a sealed chunk to the applier; returns its number. Waits while
-    /// the applier's queue is full (back-pressure).
+    /// Makes sure the next record, of at most `bytes`, can be written
+    /// whole: preallocates the active file, keeping the free space the
+    /// purpose needs ([`APPEND_DISK_HEADROOM_BYTES`] for appends,
+    /// [`OTHER_DISK_HEADROOM_BYTES`] otherwise), and refuses appends while
+    /// the applier waits for disk space and its queue is full. Called before
+    /// the engine changes anything: an error here changes nothing.
+    pub fn reserve(&mut self, bytes: u64, append: bool) -> Result<(), String> {
+        if let Some(e) = self.failure() {
+            return Err(format!("the write-ahead log failed earlier: {e}"));
+        }
+        let queued = self.shared.queued_bytes.load(Ordering::SeqCst);
+        if append
+            && self.shared.disk_wait.load(Ordering::SeqCst)
+            && queued + bytes > APPLY_QUEUE_BYTES_MAX
+        {
+            return Err(format!(
+                "the disk under {} is full: {} MiB of changes wait for space to reach the database",
+                self.dir.display(),
+                queued >> 20
+            ));
+        }
+        if self.active_bytes + bytes <= self.reserved {
+            return Ok(());
+        }
+        let step = (self.active_bytes + bytes - self.reserved).max(LOG_RESERVE_STEP_BYTES);
+        let headroom = if append {
+            APPEND_DISK_HEADROOM_BYTES
+        } else {
+            OTHER_DISK_HEADROOM_BYTES
+        };
+        let free =
+            free_bytes(&self.dir).map_err(|e| format!("statvfs {}: {e}", self.dir.display()))?;
+        if free < step + headroom {
+            return Err(format!(
+                "the disk under {} is full: {} MiB free, the store keeps {} MiB free for its database",
+                self.dir.display(),
+                free >> 20,
+                headroom >> 20
+            ));
+        }
+        preallocate(&self.active, self.reserved, step).map_err(|e| {
+            format!(
+                "the disk under {} is full: cannot reserve {step} bytes for the log: {e}",
+                self.dir.display()
+            )
+        })?;
+        self.reserved += step;
+        Ok(())
+    }
+
+    /// Hands a sealed chunk to the applier; returns its number. Its
+    /// messages are logged already, so it never waits: appends wait (or are
+    /// refused) instead, which bounds the chunks queued.
     pub fn send_chunk(&mut self, ks: Keyspace, key: [u8; 16], value: Slice) -> Result<u64, String> {
         let bytes = value.len() as u64 + OP_OVERHEAD_BYTES;
-        self.wait_for_room(bytes)?;
+        self.shared.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
         self.chunks_sent += 1;
         let number = self.chunks_sent;
         self.send(Job::Chunk {
@@ -769,10 +884,12 @@ impl Writer {
     }
 
     /// Waits until `bytes` more fit in the applier's queue, and counts them.
+    /// While the applier waits for disk space, the queue may go over its
+    /// bound by the small changes [`Writer::reserve`] still lets through.
     fn wait_for_room(&self, bytes: u64) -> Result<(), String> {
         let queued = &self.shared.queued_bytes;
         let room = |q: u64| q == 0 || q + bytes <= APPLY_QUEUE_BYTES_MAX;
-        if !room(queued.load(Ordering::SeqCst)) {
+        if !room(queued.load(Ordering::SeqCst)) && !self.shared.disk_wait.load(Ordering::SeqCst) {
             self.shared
                 .wait_until(|| room(queued.load(Ordering::SeqCst)))?;
         }
@@ -807,6 +924,7 @@ impl Writer {
         // applier, which will never see this ticket.
         if let Err(e) = self.active.write_all(&self.buf) {
             let e = format!("writing the write-ahead log: {e}");
+            self.cut_back();
             self.shared.fail(e.clone());
             return Err(e);
         }
@@ -818,6 +936,8 @@ impl Writer {
         if sync {
             if let Err(e) = self.sync_all() {
                 let e = format!("syncing the write-ahead log: {e}");
+                self.active_bytes -= self.buf.len() as u64;
+                self.cut_back();
                 self.shared.fail(e.clone());
                 return Err(e);
             }
@@ -838,6 +958,17 @@ impl Writer {
             bytes: set.bytes,
         });
         Ok(ticket)
+    }
+
+    /// After a failed write or sync: cuts the active file back to its last
+    /// complete record, so that the next open does not replay a change that
+    /// was refused (best effort: a failing disk may refuse this too, and
+    /// then replay stops at the torn record or keeps a record whose sync
+    /// failed).
+    fn cut_back(&mut self) {
+        if let Err(e) = self.active.set_len(self.active_bytes) {
+            tracing::error!(error = %e, "cannot cut the write-ahead log back to its last good record");
+        }
     }
 
     fn send(&self, job: Job) {
@@ -881,6 +1012,7 @@ impl Writer {
         });
         self.active_number = number;
         self.active_bytes = 0;
+        self.reserved = 0;
         self.active_entry_synced = false;
         Ok(())
     }
@@ -913,6 +1045,44 @@ impl Drop for Writer {
     }
 }
 
+/// Free bytes for an unprivileged writer on the file system of `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Reserves the blocks of `len` bytes from `offset` of `file` without
+/// changing its size (writes there cannot meet a full disk).
+fn preallocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on a descriptor we own.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        // A file system without preallocation: fall back to checking free
+        // space only.
+        Some(libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(e),
+    }
+}
+
 fn create_log(dir: &Path, number: u64) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .create_new(true)
@@ -923,6 +1093,39 @@ fn create_log(dir: &Path, number: u64) -> std::io::Result<File> {
 /// How long the idle applier sleeps before looking at its queue again (a
 /// backstop: a new job wakes it), in ms.
 const APPLIER_IDLE_RECHECK_MS: u64 = 100;
+
+/// Waits until the file system has room for a job of `bytes` and
+/// [`APPLIER_DISK_HEADROOM_BYTES`] more; false if the writer closed
+/// meanwhile (the job stays in the log for the next open).
+fn wait_for_disk(dir: &Path, bytes: u64, shared: &Shared) -> bool {
+    let mut logged = false;
+    loop {
+        let free = free_bytes(dir).unwrap_or(u64::MAX);
+        if free >= bytes + APPLIER_DISK_HEADROOM_BYTES {
+            if logged {
+                tracing::info!(
+                    free_mib = free >> 20,
+                    "disk space is back; applying the log again"
+                );
+            }
+            shared.disk_wait.store(false, Ordering::SeqCst);
+            return true;
+        }
+        if !logged {
+            tracing::warn!(
+                free_mib = free >> 20,
+                "the disk is full: changes wait in the write-ahead log until space is freed"
+            );
+            logged = true;
+            shared.disk_wait.store(true, Ordering::SeqCst);
+            shared.progressed();
+        }
+        if shared.closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::park_timeout(std::time::Duration::from_millis(APPLIER_DISK_RECHECK_MS));
+    }
+}
 
 fn apply_jobs(ks: &Keyspaces, dir: &Path, shared: &Shared, dirty: &AtomicBool) {
     crate::priority::lower_current_thread();
@@ -939,6 +1142,16 @@ fn apply_jobs(ks: &Keyspaces, dir: &Path, shared: &Shared, dirty: &AtomicBool) {
         };
         #[cfg(test)]
         drop(shared.gate.lock());
+        let writes = match &job {
+            Job::Apply { bytes, .. } => Some(*bytes),
+            Job::Chunk { value, .. } => Some(value.len() as u64),
+            Job::Release { .. } | Job::Close(_) => None,
+        };
+        if let Some(bytes) = writes {
+            if !wait_for_disk(dir, bytes, shared) {
+                return;
+            }
+        }
         let done = match job {
             Job::Apply { ticket, ops, bytes } => ks.apply(ticket, &ops).map(|()| {
                 dirty.store(true, Ordering::SeqCst);
@@ -963,6 +1176,10 @@ fn apply_jobs(ks: &Keyspaces, dir: &Path, shared: &Shared, dirty: &AtomicBool) {
                 .db
                 .persist(PersistMode::SyncData)
                 .map_err(|e| e.to_string())
+                .and_then(|()| match ks.db.journal_disk_space() {
+                    Ok(bytes) if bytes >= JOURNAL_RELEASE_BYTES => ks.release_journal(),
+                    _ => Ok(()),
+                })
                 .and_then(|()| {
                     let path = log_path(dir, file);
                     std::fs::remove_file(&path)
@@ -1040,11 +1257,18 @@ mod tests {
         drop(ks);
 
         let ks = open(root.path());
-        let mut again = replay(&log_dir, &ks).unwrap();
+        let again = replay(&log_dir, &ks).unwrap();
         assert_eq!((again.last_ticket, again.applied), (201, 0));
         assert_eq!(again.next_file, left.last().unwrap() + 1);
-        remove_replayed(&log_dir, &mut again).unwrap();
-        assert!(logs(&log_dir).is_empty(), "replayed files are removed");
+        let mut w = Writer::start(&log_dir, ks.clone(), &again, Arc::default()).unwrap();
+        w.release_replayed();
+        w.wait_applied().unwrap();
+        drop(w);
+        assert_eq!(
+            logs(&log_dir),
+            [again.next_file],
+            "replayed files are released; the new active file stays"
+        );
     }
 
     #[test]
@@ -1055,7 +1279,11 @@ mod tests {
         let replayed = replay(&log_dir, &ks).unwrap();
         let mut w = Writer::start(&log_dir, ks.clone(), &replayed, Arc::default()).unwrap();
         let mut set = WriteSet::default();
-        set.insert(Ks::Data, crate::keys::data_key(7, 3).to_vec(), vec![9u8; 20]);
+        set.insert(
+            Ks::Data,
+            crate::keys::data_key(7, 3).to_vec(),
+            vec![9u8; 20],
+        );
         set.insert(Ks::State, b"s".to_vec(), vec![1u8]);
         w.commit(set, false).unwrap();
         w.wait_applied().unwrap();
@@ -1063,7 +1291,11 @@ mod tests {
         assert_eq!(ks.by_tag[Ks::State as usize].iter().count(), 1);
         let again = replay(&log_dir, &ks).unwrap();
         assert_eq!(again.applied, 0, "fjall had the record");
-        let m: Vec<_> = again.messages.iter().map(|m| (m.sid, m.seq, m.value.len())).collect();
+        let m: Vec<_> = again
+            .messages
+            .iter()
+            .map(|m| (m.sid, m.seq, m.value.len()))
+            .collect();
         assert_eq!(m, [(7, 3, 20)], "the message is still returned");
     }
 
@@ -1085,7 +1317,10 @@ mod tests {
         assert!(e.contains("writing the write-ahead log"), "{e}");
         let started = std::time::Instant::now();
         let waited = w.wait_applied();
-        assert!(waited.is_err(), "waiting for the applier reports the failure");
+        assert!(
+            waited.is_err(),
+            "waiting for the applier reports the failure"
+        );
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
         let again = w.commit(WriteSet::default(), false).unwrap_err();
         assert!(again.contains("failed earlier"), "{again}");
