@@ -86,11 +86,6 @@ pub const APPLIER_DISK_RECHECK_MS: u64 = 100;
 /// The log preallocates its files in steps of this many bytes (at least),
 /// so that a record never meets a full disk halfway through its write.
 pub const LOG_RESERVE_STEP_BYTES: u64 = 1024 * 1024;
-/// Once fjall's journal holds this many bytes, the applier seals every
-/// memtable (when it releases a log file) so that fjall writes them out and
-/// removes the journal: the journal's disk use stays near this bound instead
-/// of fjall's own minimum limit of 64 MiB.
-pub const JOURNAL_RELEASE_BYTES: u64 = 16 * 1024 * 1024;
 /// Name of the log directory, inside the database directory.
 pub const LOG_DIR: &str = "wal";
 
@@ -129,8 +124,6 @@ pub struct Keyspaces {
     pub rotate_at: [u64; 3],
     /// Options of a stream's chunk keyspace.
     pub data_options: fn() -> fjall::KeyspaceCreateOptions,
-    /// Memtable size at which the applier rotates a chunk keyspace, in bytes.
-    pub data_rotate_at: u64,
 }
 
 /// What to do with a stream's keyspace once a batch is committed.
@@ -159,9 +152,10 @@ impl Keyspaces {
 
     /// Commits `ops` and the ticket to fjall as one batch, then rotates the
     /// memtables it filled. Message records are skipped (their chunks come
-    /// through [`Job::Chunk`]); a trim removes the chunks below the new
-    /// oldest sequence number and then drops the tables that held only them
-    /// (their files leave the disk at once); a drop deletes the keyspace.
+    /// through [`Job::Chunk`]); a trim drops the tables of the chunks below
+    /// the new oldest sequence number (each chunk is ingested as a table of
+    /// its own, so whole files leave the disk, and no tombstone is written);
+    /// a drop deletes the stream's keyspace.
     fn apply(&self, ticket: u64, ops: &[Op]) -> Result<(), String> {
         let mut batch = self.db.batch();
         let mut touched = [false, false, true];
@@ -184,11 +178,7 @@ impl Keyspaces {
                         .map(u64::from_be_bytes)
                         .ok_or("a trim's value is not a sequence number")?;
                     if let Some(ks) = self.stream_keyspace(sid()?, false)? {
-                        let end = chunk_key(below, 0);
-                        for item in ks.range(..end) {
-                            batch.remove(&ks, item.key().map_err(|e| e.to_string())?);
-                        }
-                        after.push(After::Trim(ks, end));
+                        after.push(After::Trim(ks, chunk_key(below, 0)));
                     }
                 }
                 (Ks::Data, Action::DropData) => {
@@ -221,33 +211,15 @@ impl Keyspaces {
                         .drop_range::<&[u8], _>(..&end[..])
                         .map_err(|e| e.to_string())?;
                 }
-                After::Drop(ks) => {
-                    self.db.delete_keyspace(ks).map_err(|e| e.to_string())?;
-                    self.release_journal()?;
-                }
+                After::Drop(ks) => self.db.delete_keyspace(ks).map_err(|e| e.to_string())?,
             }
         }
         self.rotate_full(touched)
     }
 
-    /// Seals every keyspace's memtable, so that fjall writes them out and
-    /// can remove its journal files: after a stream is deleted, its messages
-    /// leave the journal within seconds instead of when the journal reaches
-    /// its size limit.
-    fn release_journal(&self) -> Result<(), String> {
-        for name in self.db.list_keyspace_names() {
-            if let Ok(ks) = self
-                .db
-                .keyspace(&name, fjall::KeyspaceCreateOptions::default)
-            {
-                ks.rotate_memtable().map_err(|e| e.to_string())?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Inserts a sealed chunk into its stream's keyspace, and seals the
-    /// keyspace's memtable once it reached its size.
+    /// Writes a sealed chunk into its stream's keyspace as a table (and a
+    /// blob file) of its own, with fjall's ingestion: the chunk's bytes
+    /// never go through fjall's journal or memtable.
     fn insert_chunk(&self, ks: &Keyspace, key: &[u8; 16], value: &Slice) -> Result<(), String> {
         let mut ingestion = ks.start_ingestion().map_err(|e| e.to_string())?;
         ingestion
@@ -1176,10 +1148,6 @@ fn apply_jobs(ks: &Keyspaces, dir: &Path, shared: &Shared, dirty: &AtomicBool) {
                 .db
                 .persist(PersistMode::SyncData)
                 .map_err(|e| e.to_string())
-                .and_then(|()| match ks.db.journal_disk_space() {
-                    Ok(bytes) if bytes >= JOURNAL_RELEASE_BYTES => ks.release_journal(),
-                    _ => Ok(()),
-                })
                 .and_then(|()| {
                     let path = log_path(dir, file);
                     std::fs::remove_file(&path)
@@ -1212,7 +1180,6 @@ mod tests {
             db,
             rotate_at: [1 << 20; 3],
             data_options: KeyspaceCreateOptions::default,
-            data_rotate_at: 1 << 20,
         }
     }
 

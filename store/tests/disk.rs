@@ -245,8 +245,9 @@ fn a_full_disk_refuses_appends_keeps_serving_reads_and_recovers_by_itself() {
                     let _ = Command::new("sh")
                         .arg("-c")
                         .arg(format!(
-                            "df -k {0}; du -a {0} | sort -rn | head -30",
-                            fs.path().display()
+                            "df -k {0}; ls -l /proc/{1}/fd | grep deleted | head; ls -l /proc/{1}/fd | grep -c deleted",
+                            fs.path().display(),
+                            sm.store.pid()
                         ))
                         .status();
                 }
