@@ -33,6 +33,16 @@ pub const INTAKE_STOP_GRACE: Duration = Duration::from_secs(5);
 pub const STORE_STOP_GRACE: Duration = Duration::from_secs(20);
 /// Main loop tick.
 const TICK: Duration = Duration::from_millis(50);
+/// The liveness probe asks the store for its health this often...
+pub const LIVENESS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// ...each probe waiting this long for the answer...
+pub const LIVENESS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// ...and a store running that has not answered any probe for this long
+/// (alive but stuck: a hung disk, a deadlock) is killed and restarted.
+pub const STORE_UNRESPONSIVE_AFTER: Duration = Duration::from_secs(15);
+/// Grace given to a stuck store before SIGKILL (it is not expected to
+/// handle SIGTERM).
+const STUCK_STORE_STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// The processes, in start order: the store first, the others once it
 /// answers. Shutdown stops the ingest (intake) first, then the exporters
@@ -123,6 +133,68 @@ pub struct Requests {
 pub struct Shared {
     pub procs: Mutex<Vec<children::ProcStatus>>,
     pub requests: Mutex<Requests>,
+}
+
+/// The store's liveness: a thread asks it for its health every
+/// [`LIVENESS_PROBE_INTERVAL`] and records when it last answered.
+struct Liveness {
+    /// When the store last answered (or the clock was reset), in ms since
+    /// `epoch`.
+    last_answer_ms: Arc<std::sync::atomic::AtomicU64>,
+    epoch: Instant,
+}
+
+impl Liveness {
+    fn start(root: &std::path::Path) -> Liveness {
+        let liveness = Liveness {
+            last_answer_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            epoch: Instant::now(),
+        };
+        let (last, epoch, endpoint) = (
+            liveness.last_answer_ms.clone(),
+            liveness.epoch,
+            bus::store_endpoint(root),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("liveness".into())
+            .spawn(move || {
+                let Ok(client) = bus::BusClient::connect(&endpoint, Default::default()) else {
+                    return;
+                };
+                loop {
+                    if matches!(
+                        client.call(bus_schema::Request::Health, LIVENESS_PROBE_TIMEOUT),
+                        Ok(bus_schema::Response::Health(_))
+                    ) {
+                        last.store(epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+                    }
+                    std::thread::sleep(LIVENESS_PROBE_INTERVAL);
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("[supervisor] cannot start the liveness probe: {e}");
+        }
+        liveness
+    }
+
+    /// Counts from now, as if the store had just answered (after a start or
+    /// a restart).
+    fn reset(&self) {
+        self.last_answer_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// How long a store that has been running for longer than
+    /// [`STORE_UNRESPONSIVE_AFTER`] has not answered, if that is longer
+    /// than [`STORE_UNRESPONSIVE_AFTER`].
+    fn stuck(&self, store: &ChildProc) -> Option<Duration> {
+        let up = store.status().uptime_s.map(Duration::from_secs)?;
+        let since_answer = self.epoch.elapsed().saturating_sub(Duration::from_millis(
+            self.last_answer_ms.load(Ordering::SeqCst),
+        ));
+        let silent = since_answer.min(up);
+        (silent > STORE_UNRESPONSIVE_AFTER).then_some(silent)
+    }
 }
 
 fn run(config: SystemConfig) -> ExitCode {
@@ -222,6 +294,7 @@ fn run(config: SystemConfig) -> ExitCode {
             eprintln!("stream-manager: cannot start {}: {e}", p.name);
         }
     }
+    let liveness = Liveness::start(&config.root);
     *shared.procs.lock().unwrap_or_else(|p| p.into_inner()) =
         procs.iter().map(ChildProc::status).collect();
     eprintln!(
@@ -273,6 +346,16 @@ fn run(config: SystemConfig) -> ExitCode {
         for p in procs.iter_mut() {
             p.reap(false);
             p.restart_if_due();
+        }
+        if let Some(silent) = liveness.stuck(&procs[0]) {
+            eprintln!(
+                "[supervisor] the store is running but has not answered for {} s; restarting it",
+                silent.as_secs()
+            );
+            procs[0].restart_now(STUCK_STORE_STOP_GRACE, &|| {
+                signals.load(Ordering::SeqCst) > handled_signals + 1
+            });
+            liveness.reset();
         }
         std::thread::sleep(TICK);
     }

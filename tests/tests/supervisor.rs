@@ -355,3 +355,31 @@ fn children_exit_when_the_supervisor_is_killed_and_a_restart_is_clean() {
     let mut c = again.client();
     assert_eq!(wire_client::create(&mut c, "after"), 0);
 }
+
+#[test]
+fn a_store_that_is_alive_but_stuck_is_restarted() {
+    let r = Running::start(&[]);
+    let mut c = r.client();
+    assert_eq!(wire_client::create(&mut c, "s"), 0);
+    let first = r.append_eventually("s", b"before");
+    let pid = r.pid("store").unwrap();
+    // SIGSTOP: the process stays, but answers nothing (as a store stuck on
+    // a hung disk would).
+    // SAFETY: signalling a process of the system under test.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    while r.pid("store").is_none_or(|new| new == pid) {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(40),
+            "a stuck store was not restarted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(10),
+        "restarted before the liveness bound"
+    );
+    assert!(!alive(pid), "the stuck store was killed");
+    let next = r.append_eventually("s", b"after");
+    assert!(next > first, "{next} after {first}");
+}
