@@ -46,9 +46,9 @@ pub const DATA_MEMTABLE_BYTES: u64 = 1024 * 1024;
 /// Memtable size of the small keyspaces, in bytes.
 pub const SMALL_MEMTABLE_BYTES: u64 = 2 * 1024 * 1024;
 /// Writes not synced by `flushOnWrite` (appends, and every definition,
-/// cursor, trim and removal) reach the disk about this many ms after the
-/// applier commits them: a background thread syncs fjall's journal at this
-/// interval when something was committed. Besides bounding what a power loss
+/// cursor, trim and removal) reach the disk about this many ms after they
+/// are acknowledged: a background thread syncs the write-ahead log's files
+/// and fjall's journal at this interval when something was written. Besides bounding what a power loss
 /// can take, it keeps each journal rotation's own sync (done under the
 /// journal lock) small.
 pub const BACKGROUND_SYNC_INTERVAL_MS: u64 = 50;
@@ -307,7 +307,11 @@ struct BackgroundSync {
 }
 
 impl BackgroundSync {
-    fn start(db: Database, dir: PathBuf) -> std::io::Result<Self> {
+    fn start(
+        db: Database,
+        dir: PathBuf,
+        log: std::sync::Arc<crate::wal::LogSync>,
+    ) -> std::io::Result<Self> {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
         let stop = Arc::new(AtomicBool::new(false));
@@ -325,6 +329,11 @@ impl BackgroundSync {
                         std::thread::park_timeout(std::time::Duration::from_millis(
                             BACKGROUND_SYNC_INTERVAL_MS,
                         ));
+                        if let Err(e) = log.sync() {
+                            *failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(format!("syncing the write-ahead log: {e}"));
+                            return;
+                        }
                         if dirty.swap(false, Ordering::SeqCst) {
                             if let Err(e) = journal.sync(&db) {
                                 *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
@@ -774,10 +783,17 @@ impl Engine {
         let restored = restore_chunks(&mut streams, &replayed.messages)
             .map_err(|e| fail(format!("cannot rebuild chunks from the log: {e}")))?;
         replayed.messages = Vec::new();
-        let sync = BackgroundSync::start(db.clone(), dir.to_path_buf())
+        let log_sync = std::sync::Arc::new(crate::wal::LogSync::default());
+        let sync = BackgroundSync::start(db.clone(), dir.to_path_buf(), log_sync.clone())
             .map_err(|e| fail(format!("cannot start the sync thread: {e}")))?;
-        let writer = Writer::start(&log_dir, keyspaces.clone(), &replayed, sync.dirty.clone())
-            .map_err(|e| fail(format!("cannot start the write-ahead log: {e}")))?;
+        let writer = Writer::start(
+            &log_dir,
+            keyspaces.clone(),
+            &replayed,
+            sync.dirty.clone(),
+            log_sync,
+        )
+        .map_err(|e| fail(format!("cannot start the write-ahead log: {e}")))?;
         crate::priority::lower_threads_named(FJALL_WORKER_NAME, WORKER_THREADS);
         let mut engine = Engine {
             path: dir.to_path_buf(),

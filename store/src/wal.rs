@@ -283,6 +283,38 @@ pub struct Op {
     value: Option<Slice>,
 }
 
+/// What the writer shares with the background sync thread, which syncs the
+/// log's files so that an append without `flushOnWrite` is on disk within
+/// that thread's interval (its chunk may reach fjall much later). The
+/// commit path only raises `dirty`; a rotation hands over a descriptor of
+/// the new file through a lock-free queue.
+#[derive(Default)]
+pub struct LogSync {
+    dirty: AtomicBool,
+    files: crossbeam_queue::SegQueue<File>,
+    current: Mutex<Option<File>>,
+}
+
+impl LogSync {
+    /// Syncs the log's files written since the last call (the sync
+    /// thread's side).
+    pub fn sync(&self) -> std::io::Result<()> {
+        if !self.dirty.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(next) = self.files.pop() {
+            if let Some(old) = current.replace(next) {
+                old.sync_data()?;
+            }
+        }
+        match current.as_ref() {
+            Some(f) => f.sync_data(),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A message record found in the log by [`replay`].
 pub struct LoggedMessage {
     pub sid: u64,
@@ -713,6 +745,7 @@ pub struct Writer {
     next_ticket: u64,
     /// Number of the last chunk sent to the applier.
     chunks_sent: u64,
+    log_sync: Arc<LogSync>,
     buf: Vec<u8>,
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -726,12 +759,14 @@ impl Writer {
         ks: Keyspaces,
         replayed: &Replayed,
         dirty: Arc<AtomicBool>,
+        log_sync: Arc<LogSync>,
     ) -> std::io::Result<Writer> {
         let mut sealed = VecDeque::new();
         for &number in &replayed.files {
             sealed.push_back((number, File::open(log_path(dir, number))?));
         }
         let active = create_log(dir, replayed.next_file)?;
+        log_sync.files.push(active.try_clone()?);
         let shared = Arc::new(Shared::default());
         shared.applied.store(replayed.last_ticket, Ordering::SeqCst);
         let thread = {
@@ -751,6 +786,7 @@ impl Writer {
             sealed,
             next_ticket: replayed.last_ticket + 1,
             chunks_sent: 0,
+            log_sync,
             buf: Vec::new(),
             shared,
             thread: Some(thread),
@@ -902,6 +938,7 @@ impl Writer {
         }
         self.active_bytes += self.buf.len() as u64;
         self.next_ticket += 1;
+        self.log_sync.dirty.store(true, Ordering::SeqCst);
         if self.buf.capacity() > 2 * LOG_FILE_BYTES as usize {
             self.buf = Vec::new();
         }
@@ -977,6 +1014,7 @@ impl Writer {
     fn rotate_file(&mut self) -> std::io::Result<()> {
         let number = self.active_number + 1;
         let new = create_log(&self.dir, number)?;
+        self.log_sync.files.push(new.try_clone()?);
         let old = std::mem::replace(&mut self.active, new);
         self.sealed.push_back((self.active_number, old));
         self.send(Job::Release {
@@ -1194,7 +1232,14 @@ mod tests {
         let ks = open(root.path());
         let replayed = replay(&log_dir, &ks).unwrap();
         assert_eq!((replayed.last_ticket, replayed.applied), (0, 0));
-        let mut w = Writer::start(&log_dir, ks.clone(), &replayed, Arc::default()).unwrap();
+        let mut w = Writer::start(
+            &log_dir,
+            ks.clone(),
+            &replayed,
+            Arc::default(),
+            Arc::default(),
+        )
+        .unwrap();
         w.file_bytes = 4096;
         for i in 0u32..200 {
             let mut set = WriteSet::default();
@@ -1227,7 +1272,8 @@ mod tests {
         let again = replay(&log_dir, &ks).unwrap();
         assert_eq!((again.last_ticket, again.applied), (201, 0));
         assert_eq!(again.next_file, left.last().unwrap() + 1);
-        let mut w = Writer::start(&log_dir, ks.clone(), &again, Arc::default()).unwrap();
+        let mut w =
+            Writer::start(&log_dir, ks.clone(), &again, Arc::default(), Arc::default()).unwrap();
         w.release_replayed();
         w.wait_applied().unwrap();
         drop(w);
@@ -1244,7 +1290,14 @@ mod tests {
         let log_dir = root.path().join(LOG_DIR);
         let ks = open(root.path());
         let replayed = replay(&log_dir, &ks).unwrap();
-        let mut w = Writer::start(&log_dir, ks.clone(), &replayed, Arc::default()).unwrap();
+        let mut w = Writer::start(
+            &log_dir,
+            ks.clone(),
+            &replayed,
+            Arc::default(),
+            Arc::default(),
+        )
+        .unwrap();
         let mut set = WriteSet::default();
         set.insert(
             Ks::Data,
@@ -1272,7 +1325,7 @@ mod tests {
         let log_dir = root.path().join(LOG_DIR);
         let ks = open(root.path());
         let replayed = replay(&log_dir, &ks).unwrap();
-        let mut w = Writer::start(&log_dir, ks, &replayed, Arc::default()).unwrap();
+        let mut w = Writer::start(&log_dir, ks, &replayed, Arc::default(), Arc::default()).unwrap();
         let mut set = WriteSet::default();
         set.insert(Ks::State, b"a".to_vec(), vec![1u8]);
         w.commit(set, true).unwrap();
