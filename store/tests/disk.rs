@@ -92,6 +92,21 @@ fn fill_up(dir: &Path) -> PathBuf {
     path
 }
 
+/// Waits up to 10 s for `store` to exit, which must be with code 3 (a
+/// storage failure: restart me); `hang` is the failure message otherwise.
+fn expect_exit_3(store: &mut StoreProcess, hang: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = store.child.as_mut().unwrap().try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{hang}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(3), "{status:?}");
+    store.child = None;
+}
+
 /// A store restarted as the supervisor would when it exits with code 3
 /// (a storage failure: fjall fails a flush or compaction that meets the
 /// full disk; the next open must work on the full disk).
@@ -122,19 +137,7 @@ impl Supervised {
                 Err(BusError::PeerLost) | Err(BusError::Timeout(_)) => {}
                 answer => return answer,
             }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let status = loop {
-                if let Some(s) = self.store.child.as_mut().unwrap().try_wait().unwrap() {
-                    break s;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the store neither answers nor exits"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            assert_eq!(status.code(), Some(3), "{status:?}");
-            self.store.child = None;
+            expect_exit_3(&mut self.store, "the store neither answers nor exits");
             self.store = StoreProcess::start(&self.root);
             self.client = self.store.client();
             self.restarts += 1;
@@ -384,19 +387,7 @@ fn a_failing_sync_is_an_error_and_a_clean_exit_never_a_hang() {
         "the error names the cause: {failed}"
     );
     // The store stops by itself (exit 3: restart me), promptly.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = store.child.as_mut().unwrap().try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the store hangs after a failed sync"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(3), "{status:?}");
-    store.child = None;
+    expect_exit_3(&mut store, "the store hangs after a failed sync");
 
     // Restarted on a healthy disk: every acknowledged append, and not the
     // refused one.
