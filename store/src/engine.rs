@@ -134,6 +134,9 @@ fn invalid(message: impl Into<String>) -> EngineError {
 struct Segment {
     first: u64,
     rec: SegmentRecord,
+    /// The engine's `clock_steps_ms` when the segment last took a message
+    /// (memory only): the wall-clock steps since then do not age it.
+    steps_ms: u64,
 }
 
 /// A sealed chunk that fjall may not hold yet.
@@ -428,12 +431,21 @@ pub struct Engine {
     next_stream_id: u64,
     /// Why the engine stopped: after a failed write it refuses everything.
     failed: Option<String>,
+    /// Forward steps of the wall clock seen by [`Engine::observe_clock`],
+    /// in ms, summed.
+    clock_steps_ms: u64,
+    /// The wall clock and the monotonic clock at the last observation.
+    last_clock: Option<(u64, std::time::Instant)>,
     pub stats: EngineStats,
 }
 
 fn now_ms() -> u64 {
     bus::unix_ms()
 }
+
+/// A wall clock that runs ahead of the monotonic clock by more than this
+/// between two observations (about a second apart) has stepped, in ms.
+pub const CLOCK_STEP_TOLERANCE_MS: u64 = 2_000;
 
 /// Name of the disk reserve file, in the log directory.
 pub const DISK_RESERVE_FILE: &str = "disk.reserve";
@@ -518,7 +530,11 @@ fn load(ks: &Keyspaces, streams: &mut BTreeMap<String, Stream>) -> Result<u64, S
                 let rec: SegmentRecord = from_cbor(&v)?;
                 stream.next = stream.next.max(rec.last + 1);
                 stream.total_bytes += rec.bytes;
-                stream.segments.push_back(Segment { first, rec });
+                stream.segments.push_back(Segment {
+                    first,
+                    rec,
+                    steps_ms: 0,
+                });
             }
             StateKey::Cursor(_, id) => {
                 let status: ExportStatus = from_cbor(&v)?;
@@ -809,6 +825,8 @@ impl Engine {
             writer,
             next_stream_id,
             failed: None,
+            clock_steps_ms: 0,
+            last_clock: None,
             stats: EngineStats::default(),
         };
         // The rebuilt chunks go to fjall first, then the old log files go.
@@ -1077,7 +1095,7 @@ impl Engine {
                 )));
                 continue;
             };
-            match Self::append_one(stream, item.payload, now, &mut batch) {
+            match Self::append_one(stream, item.payload, now, self.clock_steps_ms, &mut batch) {
                 Ok((seq, dropped)) => {
                     self.stats.segments_dropped += dropped;
                     sync |= stream.is_file() && stream.def.flush_on_write == Some(true);
@@ -1137,6 +1155,7 @@ impl Engine {
         stream: &mut Stream,
         payload: &[u8],
         now: u64,
+        steps_ms: u64,
         batch: &mut WriteSet,
     ) -> Result<(u64, u64), ErrorReply> {
         if payload.is_empty() {
@@ -1198,6 +1217,7 @@ impl Engine {
                 seg.rec.last = seq;
                 seg.rec.bytes += size;
                 seg.rec.last_ms = now;
+                seg.steps_ms = steps_ms;
             }
             _ => {
                 // A chunk never spans two segments.
@@ -1210,6 +1230,7 @@ impl Engine {
                         first_ms: now,
                         last_ms: now,
                     },
+                    steps_ms,
                 })
             }
         }
@@ -1293,6 +1314,7 @@ impl Engine {
         if self.writer.reserve(1024 + 160 * segments, false).is_err() {
             return Ok(0);
         }
+        let steps_ms = self.clock_steps_ms;
         let Some(stream) = self.streams.get_mut(name) else {
             return Ok(0);
         };
@@ -1300,7 +1322,12 @@ impl Engine {
         let ttl = stream.def.time_to_live_ms.map(|t| t.max(0) as u64);
         let mut firsts = Vec::new();
         while let Some(first) = stream.segments.front() {
-            let expired = ttl.is_some_and(|ttl| first.rec.last_ms.saturating_add(ttl) < now);
+            // Forward steps of the wall clock since the segment's last
+            // message do not count towards its age.
+            let credit = steps_ms.saturating_sub(first.steps_ms);
+            let expired = ttl.is_some_and(|ttl| {
+                first.rec.last_ms.saturating_add(ttl).saturating_add(credit) < now
+            });
             if !(expired || stream.total_bytes > stream.max_size()) {
                 break;
             }
@@ -1314,6 +1341,31 @@ impl Engine {
         }
         self.stats.segments_dropped += dropped;
         Ok(dropped)
+    }
+
+    /// Notes how far the wall clock moved against the monotonic clock since
+    /// the last call: a forward step of more than
+    /// [`CLOCK_STEP_TOLERANCE_MS`] (a device without a real-time clock
+    /// setting its time at the first NTP sync, an operator changing it) is
+    /// added to `clock_steps_ms`, so that TTL ages the data appended before
+    /// the step by the time that really passed, not by the step. A
+    /// backward step needs nothing: data is then kept longer, never less
+    /// than its TTL. Steps across a restart are not seen (the store then
+    /// trusts the wall clock, as before).
+    pub fn observe_clock(&mut self, wall_ms: u64, mono: std::time::Instant) {
+        if let Some((wall_before, mono_before)) = self.last_clock {
+            let wall = wall_ms.saturating_sub(wall_before);
+            let real = mono.saturating_duration_since(mono_before).as_millis() as u64;
+            if wall > real + CLOCK_STEP_TOLERANCE_MS {
+                let step = wall - real;
+                self.clock_steps_ms += step;
+                tracing::info!(
+                    step_s = step / 1000,
+                    "the wall clock stepped forward; TTL keeps counting the time that really passed"
+                );
+            }
+        }
+        self.last_clock = Some((wall_ms, mono));
     }
 
     /// Removes data older than each stream's TTL, whole segments at a time.
@@ -2047,6 +2099,30 @@ mod tests {
         let read = e.read("s", 1234, 2).unwrap();
         assert_eq!(read[0].payload, payloads[1234]);
         assert_eq!(read[1].sequence_number, 1235);
+    }
+
+    #[test]
+    fn a_forward_step_of_the_wall_clock_does_not_expire_recent_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::open(dir.path()).unwrap();
+        let mut d = StreamDefinition::new("s", StrategyOnFull::RejectNewData);
+        d.time_to_live_ms = Some(60_000);
+        e.create(&d).unwrap();
+        fill(&mut e, "s", 10);
+        let (wall, mono) = (now_ms(), std::time::Instant::now());
+        e.observe_clock(wall, mono);
+        // One second later the wall clock reads a year ahead (the first
+        // NTP sync of a device without a real-time clock).
+        let year = 365 * 24 * 3600 * 1000;
+        let after = wall + year + 1_000;
+        e.observe_clock(after, mono + std::time::Duration::from_secs(1));
+        assert_eq!(e.expire(after).unwrap(), 0, "data appended 1 s ago stays");
+        assert_eq!(e.read("s", 0, 100).unwrap().len(), 10);
+        // Once its TTL has really passed, it goes.
+        let later = after + 60_000;
+        e.observe_clock(later, mono + std::time::Duration::from_secs(61));
+        assert_eq!(e.expire(later).unwrap(), 1);
+        assert!(e.read("s", 0, 100).unwrap().is_empty());
     }
 
     #[test]

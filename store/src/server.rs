@@ -770,6 +770,7 @@ impl StoreServer {
         let now = Instant::now();
         if now >= self.next_expiry {
             self.next_expiry = now + Duration::from_millis(EXPIRY_INTERVAL_MS);
+            self.engine.observe_clock(bus::unix_ms(), now);
             if let Err(e) = self.engine.expire(bus::unix_ms()) {
                 self.fatal(e);
             }
