@@ -59,7 +59,7 @@ pub const LOG_FILE_BYTES: u64 = 8 * 1024 * 1024;
 /// Bytes of changes logged but not yet committed to fjall at most (keys,
 /// values and [`OP_OVERHEAD_BYTES`] per operation); a commit beyond it waits
 /// for the applier (back-pressure).
-pub const APPLY_QUEUE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+pub const APPLY_QUEUE_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Memory an operation takes besides its key and value, counted against
 /// [`APPLY_QUEUE_BYTES_MAX`] so that many tiny changes are bounded too.
 pub const OP_OVERHEAD_BYTES: u64 = 64;
