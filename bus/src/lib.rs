@@ -13,8 +13,11 @@
 //!   submit requests through a bounded queue and wait for their own reply.
 //!   Every request has a deadline; a peer that restarts or vanishes produces
 //!   timeouts or `PeerLost`, never a hang.
+//! - [`memory`]: the C allocator's settings for processes that move large
+//!   messages through ZeroMQ.
 
 mod client;
+pub mod memory;
 mod server;
 pub mod settings;
 

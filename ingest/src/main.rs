@@ -9,6 +9,7 @@ use std::sync::Arc;
 use ingest::config::IngestConfig;
 
 fn main() -> ExitCode {
+    bus::memory::tune_allocator();
     let config = match IngestConfig::from_lookup(|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(problems) => return bus::settings::report_problems("ingest", &problems),

@@ -11,9 +11,9 @@
 //! a delay; its background thread does that even when the store is idle, so
 //! memory after a write burst falls back without any call from the store.
 //!
-//! ZeroMQ (C++) still allocates with the C library; [`tune_allocator`] fixes
-//! glibc's thresholds so that its large message buffers are returned on free.
-//! On other C libraries that is a no-op.
+//! ZeroMQ (C++) still allocates with the C library; [`tune_allocator`]
+//! (from `bus`, which every process using ZeroMQ shares) fixes glibc's
+//! thresholds so that its large message buffers are returned on free.
 
 /// jemalloc's settings, read at start-up (a C string): one background thread
 /// returns freed pages to the kernel; pages freed are kept for reuse at most
@@ -27,24 +27,9 @@ pub const JEMALLOC_CONF: &[u8] =
 /// The `dirty_decay_ms` in [`JEMALLOC_CONF`].
 pub const JEMALLOC_DIRTY_DECAY_MS: u64 = 1000;
 
-/// C allocations above this many bytes get their own mapping, returned on free.
-pub const MMAP_THRESHOLD_BYTES: i32 = 256 * 1024;
-/// Free C heap at the top above this many bytes is returned.
-pub const TRIM_THRESHOLD_BYTES: i32 = 1024 * 1024;
-/// C allocator arenas at most (one per thread by default, up to 8 per core).
-pub const ARENAS_MAX: i32 = 2;
-
-/// Sets the C allocator's thresholds; call once at start-up.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
-        libc::mallopt(libc::M_ARENA_MAX, ARENAS_MAX);
-    }
-}
+/// The C allocator's settings (shared with the ingest): see
+/// [`bus::memory::tune_allocator`].
+pub use bus::memory::tune_allocator;
 
 #[cfg(test)]
 mod tests {
