@@ -166,6 +166,11 @@ struct Stream {
     total_bytes: u64,
     /// Records `oldest..next` of a Memory stream.
     mem: Option<VecDeque<MemRecord>>,
+    /// File streams: sequence numbers below this may have been issued
+    /// (durably recorded; see [`StreamState::reserved`]).
+    reserved: u64,
+    /// File streams: sequence numbers skipped after a power loss.
+    holes: Vec<(u64, u64)>,
     /// A File stream's chunk keyspace.
     ks: Option<Keyspace>,
     /// Sealed chunks fjall may not hold yet, in order.
@@ -187,6 +192,8 @@ impl Stream {
             segments: VecDeque::new(),
             total_bytes: 0,
             mem: memory.then(VecDeque::new),
+            reserved: 0,
+            holes: Vec::new(),
             ks,
             sealed: VecDeque::new(),
             open: None,
@@ -201,6 +208,24 @@ impl Stream {
             .map(|c| c.first)
             .or(self.open.as_ref().map(|o| o.first))
             .unwrap_or(self.next)
+    }
+    /// The record of the bounds that segments alone cannot tell.
+    fn state_record(&self) -> StreamState {
+        StreamState {
+            oldest: self.oldest,
+            next_floor: self.next,
+            reserved: self.reserved,
+            holes: self.holes.clone(),
+        }
+    }
+    /// Messages in `from..self.next` (holes left by a power loss excluded).
+    fn count_from(&self, from: u64) -> u64 {
+        let skipped: u64 = self
+            .holes
+            .iter()
+            .map(|&(a, b)| b.min(self.next).saturating_sub(a.max(from)))
+            .sum();
+        self.next.saturating_sub(from).saturating_sub(skipped)
     }
     /// Seals the open chunk (not yet sent to the applier).
     fn seal(&mut self) {
@@ -443,6 +468,44 @@ fn now_ms() -> u64 {
     bus::unix_ms()
 }
 
+/// Sequence numbers a File stream reserves at a time: the reservation is
+/// written and synced with the append that needs it (one sync per this many
+/// appends to a stream), and after a power loss the stream goes on after it.
+pub const SEQ_RESERVE_STEP: u64 = 100_000;
+
+/// Name of the marker a running store keeps in the log directory: the boot
+/// id of the machine when it opened; removed by a clean close. Found at open
+/// with another boot id, it means the machine stopped (a power loss, a
+/// reset) while the store ran, and appends not synced may be lost.
+pub const RUNNING_MARKER: &str = "running";
+
+/// This boot of the machine (Linux: `/proc/sys/kernel/random/boot_id`).
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Records that the store runs in boot `boot`; returns whether the store
+/// was running, unclosed, in another boot (or one that cannot be told).
+fn mark_running(log_dir: &Path, boot: &str) -> Result<bool, String> {
+    let path = log_dir.join(RUNNING_MARKER);
+    let previous = match std::fs::read_to_string(&path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    let lost = previous.is_some_and(|b| b.trim().is_empty() || boot.is_empty() || b.trim() != boot);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&path)?;
+        std::io::Write::write_all(&mut f, boot.as_bytes())?;
+        f.sync_all()?;
+        std::fs::File::open(log_dir)?.sync_all()
+    };
+    write().map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(lost)
+}
+
 /// A wall clock that runs ahead of the monotonic clock by more than this
 /// between two observations (about a second apart) has stepped, in ms.
 pub const CLOCK_STEP_TOLERANCE_MS: u64 = 2_000;
@@ -525,6 +588,8 @@ fn load(ks: &Keyspaces, streams: &mut BTreeMap<String, Stream>) -> Result<u64, S
                 let st: StreamState = from_cbor(&v)?;
                 stream.oldest = st.oldest;
                 stream.next = stream.next.max(st.next_floor).max(st.oldest);
+                stream.reserved = st.reserved;
+                stream.holes = st.holes;
             }
             StateKey::Segment(_, first) => {
                 let rec: SegmentRecord = from_cbor(&v)?;
@@ -735,6 +800,12 @@ impl Engine {
     /// Opens (or creates) the database in `dir` and loads every definition,
     /// segment table and cursor. Reads no message data.
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        Self::open_in_boot(dir, &boot_id())
+    }
+
+    /// [`Engine::open`] as in boot `boot` of the machine (tests simulate a
+    /// power loss with another one).
+    pub fn open_in_boot(dir: &Path, boot: &str) -> Result<Self, OpenError> {
         let fail = |reason: String| OpenError {
             path: dir.to_path_buf(),
             reason,
@@ -835,8 +906,51 @@ impl Engine {
             .send_sealed()
             .map_err(|e| fail(format!("cannot queue the rebuilt chunks: {e}")))?;
         engine.writer.release_replayed();
+        let lost = mark_running(&log_dir, boot).map_err(&fail)?;
+        if lost {
+            engine
+                .skip_reserved()
+                .map_err(|e| fail(format!("cannot skip the reserved sequence numbers: {e}")))?;
+        }
         make_reserve(&reserve);
         Ok(engine)
+    }
+
+    /// After a power loss: every File stream goes on after its reservation,
+    /// so that no sequence number that may have been acknowledged (and
+    /// exported) before the loss is issued again; the skipped numbers are a
+    /// hole that reads pass over.
+    fn skip_reserved(&mut self) -> Result<(), EngineError> {
+        let mut batch = WriteSet::default();
+        for s in self.streams.values_mut() {
+            let Some(ks) = s.ks.as_ref().filter(|_| s.is_file()) else {
+                continue;
+            };
+            // Where the stored messages end: the segment table may have
+            // reached the disk with appends whose messages did not (fjall's
+            // journal and the log are synced one after the other).
+            let stored_end = match s.sealed.back() {
+                Some(c) => c.last + 1,
+                None => chunks_end(ks).map_err(EngineError::Storage)?.unwrap_or(0),
+            };
+            let from = stored_end.min(s.next).max(s.oldest);
+            let to = s.reserved.max(s.next);
+            if to > from {
+                tracing::warn!(
+                    stream = %s.def.name,
+                    from,
+                    to,
+                    "the machine stopped while the store ran: sequence numbers that may have been issued are skipped"
+                );
+                s.holes.push((from, to));
+                s.next = to;
+                batch.insert(Ks::State, state_key(s.id), cbor(&s.state_record()));
+            }
+        }
+        if !batch.is_empty() {
+            self.commit(batch, true)?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -930,14 +1044,7 @@ impl Engine {
             }),
         );
         if !memory {
-            batch.insert(
-                Ks::State,
-                state_key(id),
-                cbor(&StreamState {
-                    oldest: 0,
-                    next_floor: 0,
-                }),
-            );
+            batch.insert(Ks::State, state_key(id), cbor(&StreamState::default()));
         }
         let data = if memory {
             None
@@ -1087,6 +1194,9 @@ impl Engine {
         let mut batch = WriteSet::default();
         let mut sync = false;
         let mut touched: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        // File streams whose state record changed this round (a trim or a
+        // new reservation): written once, after the round.
+        let mut state_changed = BTreeSet::new();
         for item in items {
             let Some(stream) = self.streams.get_mut(item.stream) else {
                 results.push(Err(ErrorReply::new(
@@ -1095,8 +1205,15 @@ impl Engine {
                 )));
                 continue;
             };
+            let (oldest, reserved) = (stream.oldest, stream.reserved);
             match Self::append_one(stream, item.payload, now, self.clock_steps_ms, &mut batch) {
                 Ok((seq, dropped)) => {
+                    if stream.is_file() && (stream.oldest, stream.reserved) != (oldest, reserved) {
+                        // A new reservation must be on disk before any of
+                        // its numbers is acknowledged.
+                        sync |= stream.reserved != reserved;
+                        state_changed.insert(item.stream.to_string());
+                    }
                     self.stats.segments_dropped += dropped;
                     sync |= stream.is_file() && stream.def.flush_on_write == Some(true);
                     let firsts = touched.entry(item.stream.to_string()).or_default();
@@ -1115,12 +1232,20 @@ impl Engine {
             let Some(stream) = self.streams.get(&name) else {
                 continue;
             };
+            let changed = state_changed.contains(&name);
             newest.push((name, stream.next as i64 - 1));
             if !stream.is_file() {
                 continue;
             }
             for seg in stream.segments.iter().filter(|s| firsts.contains(&s.first)) {
                 batch.insert(Ks::State, segment_key(stream.id, seg.first), cbor(&seg.rec));
+            }
+            if changed {
+                batch.insert(
+                    Ks::State,
+                    state_key(stream.id),
+                    cbor(&stream.state_record()),
+                );
             }
         }
         if !batch.is_empty() {
@@ -1207,10 +1332,14 @@ impl Engine {
                 }
             }
             dropped = firsts.len() as u64;
-            Self::persist_trim(stream, prev_oldest, &firsts, batch);
+            // The state record goes once, after the round (append_batch).
+            Self::persist_trim(stream, prev_oldest, &firsts, batch, false);
         }
         let seq = stream.next;
         stream.next += 1;
+        if stream.is_file() && stream.next > stream.reserved {
+            stream.reserved = seq + SEQ_RESERVE_STEP;
+        }
         let segment_size = stream.segment_size();
         match stream.segments.back_mut() {
             Some(seg) if seg.rec.bytes + size <= segment_size => {
@@ -1279,10 +1408,11 @@ impl Engine {
     /// bounds and removes the chunks below `oldest` (whole chunks: a chunk
     /// never spans two segments), all in the caller's batch.
     fn persist_trim(
-        stream: &Stream,
+        stream: &mut Stream,
         prev_oldest: u64,
         dropped_firsts: &[u64],
         batch: &mut WriteSet,
+        write_state: bool,
     ) {
         if !stream.is_file() || stream.oldest <= prev_oldest {
             return;
@@ -1290,14 +1420,15 @@ impl Engine {
         for first in dropped_firsts {
             batch.remove(Ks::State, segment_key(stream.id, *first));
         }
-        batch.insert(
-            Ks::State,
-            state_key(stream.id),
-            cbor(&StreamState {
-                oldest: stream.oldest,
-                next_floor: stream.next,
-            }),
-        );
+        let oldest = stream.oldest;
+        stream.holes.retain(|&(_, to)| to > oldest);
+        if write_state {
+            batch.insert(
+                Ks::State,
+                state_key(stream.id),
+                cbor(&stream.state_record()),
+            );
+        }
         batch.trim_chunks(stream.id, stream.oldest);
     }
 
@@ -1336,7 +1467,7 @@ impl Engine {
         let dropped = firsts.len() as u64;
         if dropped > 0 && stream.is_file() {
             let mut batch = WriteSet::default();
-            Self::persist_trim(stream, prev_oldest, &firsts, &mut batch);
+            Self::persist_trim(stream, prev_oldest, &firsts, &mut batch, true);
             self.commit(batch, false)?;
         }
         self.stats.segments_dropped += dropped;
@@ -1387,7 +1518,7 @@ impl Engine {
     /// Messages readable from `start`, i.e. `next - max(start, oldest)`.
     pub fn available(&self, name: &str, start: u64) -> Result<u64, EngineError> {
         let s = self.streams.get(name).ok_or_else(|| not_found(name))?;
-        Ok(s.next.saturating_sub(start.max(s.oldest)))
+        Ok(s.count_from(start.max(s.oldest)))
     }
 
     /// Reads up to `max_count` messages from `start` (or the oldest, if
@@ -1414,8 +1545,20 @@ impl Engine {
         self.check_failed()?;
         let max_bytes = max_bytes.min(READ_RESPONSE_BYTES_TARGET);
         let s = self.streams.get(name).ok_or_else(|| not_found(name))?;
-        let from = start.max(s.oldest);
-        let to = s.next.min(from.saturating_add(max_count));
+        let mut from = start.max(s.oldest);
+        // A start inside a hole (numbers skipped after a power loss) reads
+        // from the first number after it; past a hole, `max_count` counts
+        // messages, not numbers.
+        for &(a, b) in &s.holes {
+            if (a..b).contains(&from) {
+                from = b;
+            }
+        }
+        let to = if s.holes.is_empty() {
+            s.next.min(from.saturating_add(max_count))
+        } else {
+            s.next
+        };
         let mut out = Vec::new();
         let mut bytes = 0usize;
         if from >= to {
@@ -1451,7 +1594,7 @@ impl Engine {
                         if seq < from {
                             continue;
                         }
-                        if seq >= to {
+                        if seq >= to || out.len() as u64 >= max_count {
                             return Ok(false);
                         }
                         let (ms, payload) = r.map_err(|()| malformed())?;
@@ -1738,7 +1881,15 @@ impl Engine {
         {
             ks.rotate_memtable_and_wait()?;
         }
-        self.sync()
+        self.sync()?;
+        // Everything is on disk: the next open has nothing to fear.
+        let marker = self.path.join(LOG_DIR).join(RUNNING_MARKER);
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(self.fail(format!("removing {}: {e}", marker.display())))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -2099,6 +2250,81 @@ mod tests {
         let read = e.read("s", 1234, 2).unwrap();
         assert_eq!(read[0].payload, payloads[1234]);
         assert_eq!(read[1].sequence_number, 1235);
+    }
+
+    /// What a power loss leaves: `dir` copied with the newest log record
+    /// torn (the appends not synced yet).
+    fn power_loss_copy(dir: &Path, to: &Path) {
+        copy_dir(dir, to);
+        let last = std::fs::read_dir(to.join(LOG_DIR))
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        let len = std::fs::metadata(&last).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+        f.set_len(len - 3).unwrap();
+    }
+
+    #[test]
+    fn sequence_numbers_are_never_issued_again_after_a_power_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let lost_power = tempfile::tempdir().unwrap();
+        let crashed = tempfile::tempdir().unwrap();
+        let mut e = Engine::open_in_boot(dir.path(), "boot-1").unwrap();
+        e.create(&StreamDefinition::new("s", StrategyOnFull::RejectNewData))
+            .unwrap();
+        append_numbered(&mut e, "s", 0..5);
+        append_numbered(&mut e, "s", 5..8);
+        // Messages 5..8 were acknowledged, maybe exported, then the power
+        // went before their log record reached the disk.
+        power_loss_copy(dir.path(), lost_power.path());
+        copy_dir(dir.path(), crashed.path());
+        drop(e);
+
+        let mut e = Engine::open_in_boot(lost_power.path(), "boot-2").unwrap();
+        let (results, _) = e
+            .append_batch(&[AppendItem {
+                stream: "s",
+                payload: &[42u8; 10],
+            }])
+            .unwrap();
+        let seq = results[0].as_ref().unwrap().0 as u64;
+        assert_eq!(seq, SEQ_RESERVE_STEP, "5, 6 and 7 are not issued again");
+        let read = e.read("s", 0, 100).unwrap();
+        let seqs: Vec<u64> = read.iter().map(|m| m.sequence_number as u64).collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4, SEQ_RESERVE_STEP]);
+        assert_eq!(e.available("s", 0).unwrap(), 6, "the hole is not counted");
+        let from_hole = e.read("s", 6, 1).unwrap();
+        assert_eq!(from_hole[0].sequence_number as u64, SEQ_RESERVE_STEP);
+        let two = e.read("s", 3, 2).unwrap();
+        assert_eq!(two.len(), 2, "max_count counts messages");
+        // The hole survives a clean restart, and the numbers go on.
+        e.close().unwrap();
+        drop(e);
+        let mut e = Engine::open_in_boot(lost_power.path(), "boot-2").unwrap();
+        assert_eq!(e.available("s", 0).unwrap(), 6);
+        let (results, _) = e
+            .append_batch(&[AppendItem {
+                stream: "s",
+                payload: &[43u8; 10],
+            }])
+            .unwrap();
+        assert_eq!(results[0].as_ref().unwrap().0 as u64, SEQ_RESERVE_STEP + 1);
+        drop(e);
+
+        // A crash of the process alone (same boot, the log as the OS had
+        // it) loses nothing, so nothing is skipped.
+        let mut e = Engine::open_in_boot(crashed.path(), "boot-1").unwrap();
+        let (results, _) = e
+            .append_batch(&[AppendItem {
+                stream: "s",
+                payload: &[44u8; 10],
+            }])
+            .unwrap();
+        assert_eq!(results[0].as_ref().unwrap().0, 8);
+        assert_eq!(numbers(&e, "s"), [0, 1, 2, 3, 4, 5, 6, 7, 44]);
     }
 
     #[test]

@@ -53,12 +53,22 @@ pub struct StreamRecord {
 }
 
 /// Sequence bounds of a file stream that segments alone cannot tell.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StreamState {
     /// First readable sequence number.
     pub oldest: u64,
     /// Lower bound of the next sequence number (when every segment is gone).
     pub next_floor: u64,
+    /// Every sequence number below this may have been issued: it is written
+    /// and synced before any of them is acknowledged, so that after a power
+    /// loss the store never issues again a number an exporter may have
+    /// shipped (absent in layout 1 records: 0).
+    #[serde(default)]
+    pub reserved: u64,
+    /// Ranges `[from, to)` of sequence numbers skipped after a power loss
+    /// (never readable), above `oldest`.
+    #[serde(default)]
+    pub holes: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
