@@ -2252,6 +2252,18 @@ mod tests {
         assert_eq!(read[1].sequence_number, 1235);
     }
 
+    /// Appends one 10-byte message of `byte`s to `stream`; its sequence
+    /// number.
+    fn append_byte(e: &mut Engine, stream: &str, byte: u8) -> u64 {
+        let (results, _) = e
+            .append_batch(&[AppendItem {
+                stream,
+                payload: &[byte; 10],
+            }])
+            .unwrap();
+        results[0].as_ref().unwrap().0 as u64
+    }
+
     /// What a power loss leaves: `dir` copied with the newest log record
     /// torn (the appends not synced yet).
     fn power_loss_copy(dir: &Path, to: &Path) {
@@ -2284,13 +2296,7 @@ mod tests {
         drop(e);
 
         let mut e = Engine::open_in_boot(lost_power.path(), "boot-2").unwrap();
-        let (results, _) = e
-            .append_batch(&[AppendItem {
-                stream: "s",
-                payload: &[42u8; 10],
-            }])
-            .unwrap();
-        let seq = results[0].as_ref().unwrap().0 as u64;
+        let seq = append_byte(&mut e, "s", 42);
         assert_eq!(seq, SEQ_RESERVE_STEP, "5, 6 and 7 are not issued again");
         let read = e.read("s", 0, 100).unwrap();
         let seqs: Vec<u64> = read.iter().map(|m| m.sequence_number as u64).collect();
@@ -2305,25 +2311,13 @@ mod tests {
         drop(e);
         let mut e = Engine::open_in_boot(lost_power.path(), "boot-2").unwrap();
         assert_eq!(e.available("s", 0).unwrap(), 6);
-        let (results, _) = e
-            .append_batch(&[AppendItem {
-                stream: "s",
-                payload: &[43u8; 10],
-            }])
-            .unwrap();
-        assert_eq!(results[0].as_ref().unwrap().0 as u64, SEQ_RESERVE_STEP + 1);
+        assert_eq!(append_byte(&mut e, "s", 43), SEQ_RESERVE_STEP + 1);
         drop(e);
 
         // A crash of the process alone (same boot, the log as the OS had
         // it) loses nothing, so nothing is skipped.
         let mut e = Engine::open_in_boot(crashed.path(), "boot-1").unwrap();
-        let (results, _) = e
-            .append_batch(&[AppendItem {
-                stream: "s",
-                payload: &[44u8; 10],
-            }])
-            .unwrap();
-        assert_eq!(results[0].as_ref().unwrap().0, 8);
+        assert_eq!(append_byte(&mut e, "s", 44), 8);
         assert_eq!(numbers(&e, "s"), [0, 1, 2, 3, 4, 5, 6, 7, 44]);
     }
 

@@ -48,16 +48,18 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Appends `payload` and says how it went, failing the test if the store
-/// does not answer within `TIMEOUT` (an error is an answer; silence is not).
-fn try_append(c: &bus::BusClient, stream: &str, payload: &[u8]) -> Result<i64, String> {
-    match call(
-        c,
-        Request::Append {
-            stream: stream.into(),
-            payload: payload.to_vec(),
-        },
-    ) {
+fn append_request(stream: &str, payload: &[u8]) -> Request {
+    Request::Append {
+        stream: stream.into(),
+        payload: payload.to_vec(),
+    }
+}
+
+/// An append's answer: its sequence number, or the message of a refusal
+/// (which must be StoreWriteError); anything else (silence included: an
+/// error is an answer, silence is not) fails the test.
+fn append_outcome(answer: Result<Response, BusError>) -> Result<i64, String> {
+    match answer {
         Ok(Response::Appended {
             sequence_number, ..
         }) => Ok(sequence_number),
@@ -65,8 +67,13 @@ fn try_append(c: &bus::BusClient, stream: &str, payload: &[u8]) -> Result<i64, S
             assert_eq!(e.kind, ErrorKind::StoreWriteError, "{e:?}");
             Err(e.message)
         }
-        other => panic!("the store did not answer an append: {other:?}"),
+        other => panic!("unexpected answer to an append: {other:?}"),
     }
+}
+
+/// Appends `payload` and says how it went (see [`append_outcome`]).
+fn try_append(c: &bus::BusClient, stream: &str, payload: &[u8]) -> Result<i64, String> {
+    append_outcome(call(c, append_request(stream, payload)))
 }
 
 /// Message `i`: 16 KiB that do not compress (fjall compresses blobs).
@@ -148,20 +155,7 @@ impl Supervised {
     /// Appends `payload`: the sequence number, or the refusal's message
     /// (a full disk is refused with StoreWriteError).
     fn append(&mut self, stream: &str, payload: &[u8]) -> Result<i64, String> {
-        let req = Request::Append {
-            stream: stream.into(),
-            payload: payload.to_vec(),
-        };
-        match self.call(req) {
-            Ok(Response::Appended {
-                sequence_number, ..
-            }) => Ok(sequence_number),
-            Err(BusError::Remote(e)) => {
-                assert_eq!(e.kind, ErrorKind::StoreWriteError, "{e:?}");
-                Err(e.message)
-            }
-            other => panic!("unexpected answer to an append: {other:?}"),
-        }
+        append_outcome(self.call(append_request(stream, payload)))
     }
 
     fn read_all(&mut self, stream: &str) -> Vec<bus_schema::Message> {
