@@ -2025,15 +2025,7 @@ mod tests {
         // A crash in the middle of writing the last record loses that
         // record (never acknowledged) and nothing before it.
         let log_dir = torn.path().join(LOG_DIR);
-        let last = std::fs::read_dir(&log_dir)
-            .unwrap()
-            .map(|f| f.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "log"))
-            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-            .unwrap();
-        let len = std::fs::metadata(&last).unwrap().len();
-        let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
-        f.set_len(len - 3).unwrap();
+        tear_last_log(torn.path());
         let mut e = Engine::open(torn.path()).unwrap();
         assert_eq!(numbers(&e, "s"), (0..7).collect::<Vec<_>>());
         assert_eq!(
@@ -2268,7 +2260,13 @@ mod tests {
     /// torn (the appends not synced yet).
     fn power_loss_copy(dir: &Path, to: &Path) {
         copy_dir(dir, to);
-        let last = std::fs::read_dir(to.join(LOG_DIR))
+        tear_last_log(to);
+    }
+
+    /// Cuts the last 3 bytes of the largest log file under database `root`
+    /// (its newest record, half written).
+    fn tear_last_log(root: &Path) {
+        let last = std::fs::read_dir(root.join(LOG_DIR))
             .unwrap()
             .map(|f| f.unwrap().path())
             .filter(|p| p.extension().is_some_and(|x| x == "log"))
