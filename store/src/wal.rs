@@ -203,6 +203,7 @@ impl Keyspaces {
             ticket.to_be_bytes().to_vec(),
         );
         batch.commit().map_err(|e| e.to_string())?;
+        let trimmed = after.iter().any(|a| matches!(a, After::Trim(..)));
         for a in after {
             match a {
                 After::Trim(ks, end) => {
@@ -213,6 +214,13 @@ impl Keyspaces {
                 }
                 After::Drop(ks) => self.db.delete_keyspace(ks).map_err(|e| e.to_string())?,
             }
+        }
+        if trimmed {
+            // The dropped tables' files go when fjall forgets the versions
+            // that still list them, which it does when a memtable is sealed
+            // (fjall 3.1.13 runs its version clean-up there, for every
+            // keyspace). The meta memtable just took this batch's ticket.
+            self.meta().rotate_memtable().map_err(|e| e.to_string())?;
         }
         self.rotate_full(touched)
     }

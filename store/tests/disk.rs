@@ -392,3 +392,69 @@ fn a_failing_sync_is_an_error_and_a_clean_exit_never_a_hang() {
     assert_eq!(all.len(), 10, "the refused append is not stored");
     assert_eq!(append(&c, "s", &payload(10)).unwrap(), 10);
 }
+
+/// Bytes in use on the file system of `path` (exact on a tmpfs: the test's
+/// own, nothing else writes there).
+fn used_bytes(path: &Path) -> u64 {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%b %f %S"])
+        .arg(path)
+        .output()
+        .expect("run stat");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: Vec<u64> = text
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    (v[0] - v[1]) * v[2]
+}
+
+/// The disk use ARCHITECTURE.md and README promise on top of the streams'
+/// `maxSize` (log: active file and changes waiting for the applier; the
+/// reserve; a chunk per stream; fjall's metadata), in bytes, for the 3
+/// streams of the test below.
+const DISK_BOUND_BYTES: u64 = (8 + 8 + 8 + 3 + 4) * 1024 * 1024;
+
+#[test]
+fn under_sustained_overwrite_disk_use_stays_within_max_size_plus_the_bound() {
+    let fs = Tmpfs::mount(256);
+    let root = fs.path().join("root");
+    let store = StoreProcess::start(&root);
+    let c = store.client();
+    let max_size = 8 * 1024 * 1024;
+    for name in ["a", "b", "c"] {
+        let mut d = StreamDefinition::new(name, StrategyOnFull::OverwriteOldestData);
+        d.max_size_bytes = Some(max_size);
+        d.segment_size_bytes = Some(1024 * 1024);
+        create(&c, d);
+    }
+    let baseline = used_bytes(fs.path());
+    let mut peak = 0;
+    // 120 MiB through three 8 MiB streams: each is overwritten five times.
+    for i in 0..7680u64 {
+        let stream = ["a", "b", "c"][(i % 3) as usize];
+        append(&c, stream, &payload(i)).unwrap();
+        if i % 64 == 0 {
+            peak = peak.max(used_bytes(fs.path()) - baseline);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    peak = peak.max(used_bytes(fs.path()) - baseline);
+    let limit = 3 * max_size as u64 + DISK_BOUND_BYTES;
+    eprintln!(
+        "peak disk use {} MiB (limit {} MiB)",
+        peak >> 20,
+        limit >> 20
+    );
+    assert!(
+        peak <= limit,
+        "the store used {} MiB for 24 MiB of maxSize (limit {} MiB)",
+        peak >> 20,
+        limit >> 20
+    );
+    let info = call(&c, Request::DescribeStream { name: "a".into() }).unwrap();
+    let Response::Described(info) = info else {
+        panic!("{info:?}")
+    };
+    assert!(info.storage.oldest_sequence_number > 0, "a was overwritten");
+}
