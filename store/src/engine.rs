@@ -1169,19 +1169,21 @@ impl Engine {
         self.reclaim_applied();
         // The log's room for the whole round, before anything changes: on a
         // full disk every append of the round is refused and nothing moves.
+        // Memory streams log nothing: a round of them only needs a record's
+        // header, within the smaller headroom.
         let mut estimate = 4096u64;
         let mut counted = BTreeSet::new();
         for item in items {
+            let Some(stream) = self.streams.get(item.stream).filter(|s| s.is_file()) else {
+                continue;
+            };
             estimate += item.payload.len() as u64 + 64;
             if counted.insert(item.stream) {
-                let segments = self
-                    .streams
-                    .get(item.stream)
-                    .map_or(0, |s| s.segments.len());
-                estimate += 160 * (segments as u64 + 1);
+                estimate += 160 * (stream.segments.len() as u64 + 1);
             }
         }
-        if let Err(e) = self.writer.reserve(estimate, true) {
+        let any_file = !counted.is_empty();
+        if let Err(e) = self.writer.reserve(estimate, any_file) {
             let refused = ErrorReply::new(ErrorKind::StoreWriteError, e);
             self.stats.refused_disk_full += items.len() as u64;
             return Ok((

@@ -203,6 +203,12 @@ fn a_full_disk_refuses_appends_keeps_serving_reads_and_recovers_by_itself() {
     assert!(in_t > 100, "only {in_t} appends before the disk was full");
     assert!(sm.append("s", &payload(acked)).is_err());
     assert_eq!(sm.restarts, 0, "the store refused in time, it never failed");
+    // A Memory stream writes nothing to the disk: it still takes appends.
+    let mut m = StreamDefinition::new("m", StrategyOnFull::OverwriteOldestData);
+    m.persistence = Some(bus_schema::Persistence::Memory);
+    let r = sm.call(Request::CreateStream { definition: m });
+    assert!(matches!(r, Ok(Response::Created)), "{r:?}");
+    assert_eq!(sm.append("m", b"in memory"), Ok(0));
 
     // 2. Someone else fills what is left, to the last block. fjall may be
     // flushing or compacting at that moment and fail: then the store exits
