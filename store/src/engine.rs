@@ -902,9 +902,7 @@ impl Engine {
         };
         // The rebuilt chunks go to fjall first, then the old log files go.
         engine.unsent = restored;
-        engine
-            .send_sealed()
-            .map_err(|e| fail(format!("cannot queue the rebuilt chunks: {e}")))?;
+        engine.send_sealed();
         engine.writer.release_replayed();
         let lost = mark_running(&log_dir, boot).map_err(&fail)?;
         if lost {
@@ -1154,7 +1152,7 @@ impl Engine {
         self.with_sealed.remove(name);
         // Its messages still in the log leave the disk with the log file:
         // start a new one, which the applier releases after the drop.
-        self.seal_all()?;
+        self.seal_all();
         if let Err(e) = self.writer.rotate() {
             return Err(self.fail(e));
         }
@@ -1766,7 +1764,7 @@ impl Engine {
     /// written so far to disk.
     pub fn sync(&mut self) -> Result<(), EngineError> {
         self.check_failed()?;
-        self.seal_all()?;
+        self.seal_all();
         if let Err(e) = self.writer.wait_applied() {
             return Err(self.fail(e));
         }
@@ -1794,9 +1792,9 @@ impl Engine {
             Ok(t) => t,
             Err(e) => return Err(self.fail(e)),
         };
-        self.send_sealed()?;
+        self.send_sealed();
         if self.writer.is_full() {
-            self.seal_all()?;
+            self.seal_all();
             if let Err(e) = self.writer.rotate() {
                 return Err(self.fail(e));
             }
@@ -1805,7 +1803,7 @@ impl Engine {
     }
 
     /// Hands the sealed chunks not sent yet to the applier.
-    fn send_sealed(&mut self) -> Result<(), EngineError> {
+    fn send_sealed(&mut self) {
         for name in std::mem::take(&mut self.unsent) {
             let Some(s) = self.streams.get_mut(&name) else {
                 continue;
@@ -1815,40 +1813,26 @@ impl Engine {
             // trim that dropped them is already queued before them).
             let oldest = s.oldest;
             s.sealed.retain(|c| c.job.is_some() || c.last >= oldest);
-            let unsent = s
-                .sealed
-                .iter()
-                .rev()
-                .take_while(|c| c.job.is_none())
-                .count();
-            let from = s.sealed.len() - unsent;
-            for c in s.sealed.iter_mut().skip(from) {
+            for c in s.sealed.iter_mut().filter(|c| c.job.is_none()) {
                 let key = chunk_key(c.first, c.last);
-                match self.writer.send_chunk(ks.clone(), key, c.value.clone()) {
-                    Ok(n) => c.job = Some(n),
-                    Err(e) => {
-                        self.failed.get_or_insert_with(|| e.clone());
-                        return Err(EngineError::Storage(e));
-                    }
-                }
+                c.job = Some(self.writer.send_chunk(ks.clone(), key, c.value.clone()));
             }
             if !s.sealed.is_empty() {
                 self.with_sealed.insert(name);
             }
         }
-        Ok(())
     }
 
     /// Seals every open chunk (their messages are all in the log) and sends
     /// it to the applier.
-    fn seal_all(&mut self) -> Result<(), EngineError> {
+    fn seal_all(&mut self) {
         for (name, s) in self.streams.iter_mut() {
             if s.open.is_some() {
                 s.seal();
                 self.unsent.insert(name.clone());
             }
         }
-        self.send_sealed()
+        self.send_sealed();
     }
 
     /// Forgets the sealed chunks fjall now holds.

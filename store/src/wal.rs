@@ -885,7 +885,7 @@ impl Writer {
     /// Hands a sealed chunk to the applier; returns its number. Its
     /// messages are logged already, so it never waits: appends wait (or are
     /// refused) instead, which bounds the chunks queued.
-    pub fn send_chunk(&mut self, ks: Keyspace, key: [u8; 16], value: Slice) -> Result<u64, String> {
+    pub fn send_chunk(&mut self, ks: Keyspace, key: [u8; 16], value: Slice) -> u64 {
         let bytes = value.len() as u64 + OP_OVERHEAD_BYTES;
         self.shared.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
         self.chunks_sent += 1;
@@ -896,7 +896,7 @@ impl Writer {
             key,
             value,
         });
-        Ok(number)
+        number
     }
 
     /// Waits until `bytes` more fit in the applier's queue, and counts them.
