@@ -19,10 +19,11 @@
 mod client;
 pub mod memory;
 mod server;
-pub mod settings;
+mod sockpath;
 
 pub use client::{BusClient, BusClientConfig, PendingReply};
 pub use server::{BusServer, Incoming, PeerId};
+pub use sockpath::socket_path;
 
 use bus_schema::{CodecError, ErrorReply};
 
@@ -74,8 +75,9 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), BusError> {
             return Err(BusError::Endpoint {
                 endpoint: endpoint.to_string(),
                 reason: format!(
-                    "socket path is {} bytes; Unix sockets allow at most {IPC_PATH_BYTES_MAX} \
-                     (choose a shorter STREAM_MANAGER_STORE_ROOT_DIR)",
+                    "socket path is {} bytes; Unix sockets allow at most {IPC_PATH_BYTES_MAX}, \
+                     and a longer one works only when its directory exists, can be opened \
+                     and /proc is mounted",
                     path.len()
                 ),
             });
@@ -89,9 +91,25 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), BusError> {
     Ok(())
 }
 
-/// The store's bus endpoint under a store root directory.
+/// The store's bus endpoint under a store root directory: `<root>/bus/store.sock`,
+/// or its short form from [`socket_path`] when that path is too long for a
+/// socket address. The short form needs the `bus` directory, so for a long
+/// path this creates it (owner-only, as the store does before it binds) when a
+/// client asks before the store has started. Resolved in this process: pass the
+/// root, never the endpoint, to another process.
 pub fn store_endpoint(root: &std::path::Path) -> String {
-    format!("ipc://{}", root.join("bus").join("store.sock").display())
+    let dir = root.join("bus");
+    let path = dir.join("store.sock");
+    if !sockpath::fits(&path) && !dir.is_dir() {
+        // Owner-only, like the store's own `ensure_private_dir`. On failure
+        // the long path stays, and binding or connecting says why.
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir);
+    }
+    format!("ipc://{}", socket_path(&path).display())
 }
 
 /// Unix time now, in milliseconds.

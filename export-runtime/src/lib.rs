@@ -220,35 +220,23 @@ pub trait Destination: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct ExporterConfig {
     pub root: PathBuf,
-    pub log_filter: String,
+    pub log: settings::LogSettings,
     /// Shared upload budget, bytes/s; `None` is unlimited.
     pub bandwidth: Option<u64>,
     /// Concurrent uploads of this process.
     pub pool_size: usize,
+    /// S3 multipart part size, bytes.
+    pub s3_part_bytes: u64,
 }
 
 impl ExporterConfig {
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, Vec<String>> {
-        let root = bus::settings::store_root(&get);
-        let log_filter = bus::settings::log_level(&get);
-        let bandwidth = bus::settings::exporter_max_bandwidth(&get);
-        let pool_size = bus::settings::exporter_thread_pool_size(&get);
-        match (root, log_filter, bandwidth, pool_size) {
-            (Ok(root), Ok(log_filter), Ok(bandwidth), Ok(pool_size)) => Ok(Self {
-                root,
-                log_filter,
-                bandwidth,
-                pool_size,
-            }),
-            (root, log_filter, bandwidth, pool_size) => Err([
-                root.err(),
-                log_filter.err(),
-                bandwidth.err(),
-                pool_size.err(),
-            ]
-            .into_iter()
-            .flatten()
-            .collect()),
+    pub fn from_settings(s: &settings::Settings) -> Self {
+        Self {
+            root: s.root.clone(),
+            log: s.log.clone(),
+            bandwidth: s.exporter_bandwidth,
+            pool_size: s.exporter_pool_size,
+            s3_part_bytes: s.s3_part_bytes,
         }
     }
 }
@@ -289,21 +277,33 @@ impl Backoff {
 /// The whole exporter process: configuration, logging, runtime, signals.
 /// `name` is the process name; `make` builds the destination from the
 /// validated settings.
-pub fn run_process<D, F, Fut>(name: &str, make: F) -> ExitCode
+pub fn run_process<D, F, Fut>(name: &'static str, make: F) -> ExitCode
 where
     D: Destination,
     F: FnOnce(ExporterConfig) -> Fut,
     Fut: Future<Output = Result<D, String>>,
 {
-    let config = match ExporterConfig::from_lookup(|k| std::env::var(k).ok()) {
-        Ok(c) => c,
-        Err(problems) => return bus::settings::report_problems(name, &problems),
+    if let Some(code) = settings::cli::handle_child_args(
+        name,
+        "An exporter of stream-manager: sends the streams' exports of its kind to their destination.",
+    ) {
+        return code;
+    }
+    let config = match settings::Settings::from_env() {
+        Ok(s) => ExporterConfig::from_settings(&s),
+        Err(problems) => return settings::report_problems(name, &problems),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_filter))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    settings::logging::init(
+        name,
+        &config.log,
+        &[
+            "export_runtime",
+            "export_kinesis",
+            "export_s3",
+            "export_analytics",
+            "export_sitewise",
+        ],
+    );
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1292,27 +1292,5 @@ mod tests {
             "{m}"
         );
         assert!(m.ends_with("and 2 more"), "{m}");
-    }
-
-    #[test]
-    fn config_reports_every_problem() {
-        let e = ExporterConfig::from_lookup(|k| match k {
-            "LOG_LEVEL" => Some("LOUD".into()),
-            "STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH" => Some("-1".into()),
-            "STREAM_MANAGER_THREAD_POOL_SIZE" => Some("0".into()),
-            _ => None,
-        })
-        .unwrap_err();
-        assert_eq!(e.len(), 3, "{e:?}");
-        let c = ExporterConfig::from_lookup(|k| match k {
-            "STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH" => Some("8".into()),
-            _ => None,
-        })
-        .unwrap();
-        assert_eq!(c.bandwidth, Some(1000), "8 kbit/s is 1000 bytes/s");
-        assert_eq!(
-            c.pool_size,
-            bus::settings::EXPORTER_THREAD_POOL_SIZE_DEFAULT
-        );
     }
 }

@@ -580,19 +580,7 @@ impl Destination for S3 {
 
 fn main() -> std::process::ExitCode {
     export_runtime::run_process("export-s3", |config: ExporterConfig| async move {
-        let part_bytes = match std::env::var(
-            "STREAM_MANAGER_EXPORTER_S3_DESTINATION_MULTIPART_UPLOAD_MIN_PART_SIZE_BYTES",
-        ) {
-            Err(_) => MULTIPART_BYTES_MIN,
-            Ok(v) => match v.trim().parse::<u64>() {
-                Ok(n) if n >= MULTIPART_BYTES_MIN => n,
-                _ => {
-                    return Err(format!(
-                        "STREAM_MANAGER_EXPORTER_S3_DESTINATION_MULTIPART_UPLOAD_MIN_PART_SIZE_BYTES {v:?} must be a whole number of at least {MULTIPART_BYTES_MIN}"
-                    ))
-                }
-            },
-        };
+        let part_bytes = config.s3_part_bytes;
         let store = Store::connect(&config.root).map_err(|e| e.to_string())?;
         Ok(S3 {
             client: tokio::sync::OnceCell::new(),

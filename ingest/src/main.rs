@@ -9,19 +9,18 @@ use std::sync::Arc;
 use ingest::config::IngestConfig;
 
 fn main() -> ExitCode {
+    if let Some(code) = settings::cli::handle_child_args(
+        "ingest",
+        "The SDK endpoint of stream-manager: serves the Stream Manager SDKs on 127.0.0.1.",
+    ) {
+        return code;
+    }
     bus::memory::tune_allocator();
-    let config = match IngestConfig::from_lookup(|k| std::env::var(k).ok()) {
-        Ok(c) => c,
-        Err(problems) => return bus::settings::report_problems("ingest", &problems),
+    let config = match settings::Settings::from_env() {
+        Ok(s) => IngestConfig::from_settings(&s),
+        Err(problems) => return settings::report_problems("ingest", &problems),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
-            "warn,ingest={0},bus={0}",
-            config.log_filter
-        )))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    settings::logging::init("ingest", &config.log, &["ingest", "bus"]);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -28,19 +28,18 @@ pub static JEMALLOC_CONF: &[u8; store::memory::JEMALLOC_CONF.len()] =
     };
 
 fn main() -> ExitCode {
+    if let Some(code) = settings::cli::handle_child_args(
+        "store",
+        "The storage process of stream-manager: the only process that opens the database.",
+    ) {
+        return code;
+    }
     store::memory::tune_allocator();
-    let config = match StoreConfig::from_lookup(|k| std::env::var(k).ok()) {
-        Ok(c) => c,
-        Err(problems) => return bus::settings::report_problems("store", &problems),
+    let config = match settings::Settings::from_env() {
+        Ok(s) => StoreConfig::from_settings(&s),
+        Err(problems) => return settings::report_problems("store", &problems),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
-            "warn,store={0},bus={0}",
-            config.log_filter
-        )))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    settings::logging::init("store", &config.log, &["store", "bus"]);
     match run(&config) {
         Ok(Stop::Requested) => ExitCode::SUCCESS,
         Ok(Stop::StorageFailure(e)) => {

@@ -41,6 +41,10 @@ pub struct ChildProc {
     pub started: Option<(Instant, SystemTime)>,
     pub restarts: u64,
     pub last_exit: Option<String>,
+    /// Exit code of the last exit, when it exited (not killed by a signal).
+    pub last_code: Option<i32>,
+    /// Child output is JSON log lines (`LOG_FORMAT=json`).
+    json: bool,
     recent_restarts: VecDeque<Instant>,
     restart_at: Option<Instant>,
     delay_ms: u64,
@@ -67,11 +71,18 @@ fn jitter(ms: u64) -> u64 {
 }
 
 impl ChildProc {
-    pub fn new(name: &'static str, exe: PathBuf, env: BTreeMap<String, String>) -> Self {
+    pub fn new(
+        name: &'static str,
+        exe: PathBuf,
+        env: BTreeMap<String, String>,
+        json: bool,
+    ) -> Self {
         Self {
             name,
             exe,
             env,
+            last_code: None,
+            json,
             child: None,
             state: State::Stopped,
             started: None,
@@ -111,10 +122,9 @@ impl ChildProc {
         let parent = std::process::id() as libc::pid_t;
         let mut cmd = Command::new(&self.exe);
         cmd.env_clear()
-            .envs(
-                std::env::vars()
-                    .filter(|(k, _)| !k.starts_with("STREAM_MANAGER_") && k != "LOG_LEVEL"),
-            )
+            .envs(std::env::vars().filter(|(k, _)| {
+                !k.starts_with("STREAM_MANAGER_") && !settings::KNOWN.iter().any(|(n, _, _)| n == k)
+            }))
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -154,8 +164,8 @@ impl ChildProc {
             ),
         ] {
             if let Some(s) = stream {
-                let name = self.name;
-                std::thread::spawn(move || forward(name, s, is_err));
+                let (name, json) = (self.name, self.json);
+                std::thread::spawn(move || forward(name, s, is_err, json));
             }
         }
         self.child = Some(child);
@@ -175,6 +185,7 @@ impl ChildProc {
             _ => return false,
         };
         self.child = None;
+        self.last_code = status.code();
         let reason = describe_exit(status);
         self.last_exit = Some(reason.clone());
         if stopping {
@@ -197,8 +208,8 @@ impl ChildProc {
         if self.recent_restarts.len() > RESTART_BUDGET {
             self.state = State::CrashLooping;
             self.delay_ms = RESTART_DELAY_MS_MAX;
-            eprintln!(
-                "[supervisor] {} is crash-looping: {} exits within {} s; last: {reason}; retrying every {} s",
+            tracing::error!(
+                "{} is crash-looping: {} exits within {} s; last: {reason}; retrying every {} s",
                 self.name,
                 self.recent_restarts.len(),
                 RESTART_WINDOW_MS / 1000,
@@ -206,9 +217,10 @@ impl ChildProc {
             );
         } else {
             self.state = State::Backoff;
-            eprintln!(
-                "[supervisor] {} exited ({reason}); restarting in {} ms",
-                self.name, self.delay_ms
+            tracing::warn!(
+                "{} exited ({reason}); restarting in {} ms",
+                self.name,
+                self.delay_ms
             );
         }
         self.restart_at = Some(now + Duration::from_millis(jitter(self.delay_ms)));
@@ -303,8 +315,10 @@ fn describe_exit(s: std::process::ExitStatus) -> String {
     }
 }
 
-/// Copies a child's output to our stderr, one line at a time, with its name.
-fn forward(name: &str, s: Box<dyn std::io::Read + Send>, _is_err: bool) {
+/// Copies a child's output to our stderr, one line at a time: in text
+/// mode with the process name in front; in JSON mode its JSON lines as they
+/// are (they name the process), any other line made a JSON line of it.
+fn forward(name: &str, s: Box<dyn std::io::Read + Send>, is_err: bool, json: bool) {
     let mut reader = BufReader::new(s);
     let mut line = Vec::new();
     loop {
@@ -316,12 +330,31 @@ fn forward(name: &str, s: Box<dyn std::io::Read + Send>, _is_err: bool) {
         {
             Ok(0) | Err(_) => return,
             Ok(_) => {
-                if line.last() != Some(&b'\n') {
-                    line.extend_from_slice(b" [cut]\n");
+                let cut = line.last() != Some(&b'\n');
+                if !cut {
+                    line.pop();
                 }
                 let mut err = std::io::stderr().lock();
-                let _ = write!(err, "[{name}] ");
-                let _ = err.write_all(&line);
+                if json && line.first() == Some(&b'{') && !cut {
+                    let _ = err.write_all(&line);
+                } else if json {
+                    let text = String::from_utf8_lossy(&line);
+                    let text = if cut {
+                        format!("{text} [cut]")
+                    } else {
+                        text.into()
+                    };
+                    let level = if is_err { "ERROR" } else { "INFO" };
+                    let _ =
+                        err.write_all(settings::logging::json_line(name, level, &text).as_bytes());
+                } else {
+                    let _ = write!(err, "[{name}] ");
+                    let _ = err.write_all(&line);
+                    if cut {
+                        let _ = err.write_all(b" [cut]");
+                    }
+                }
+                let _ = err.write_all(b"\n");
             }
         }
     }

@@ -1,12 +1,15 @@
 //! `stream-manager`: the operator's entry point.
 //!
-//! - `stream-manager [--config FILE]`: validates the whole configuration,
-//!   starts the store, waits until it answers, starts the ingest, supervises
-//!   both in the foreground; SIGTERM/SIGINT stop intake first, then the
-//!   store, within deadlines (a second signal kills at once).
-//! - `stream-manager status [--json]`, `restart <process>`, `stop`: talk to
-//!   the running system through its control socket
-//!   (`<store root>/supervisor.sock`, owner-only).
+//! - `stream-manager [--config FILE] [run]`: validates the whole
+//!   configuration, starts the store, waits until it answers, starts the
+//!   ingest and the exporters, supervises them in the foreground;
+//!   SIGTERM/SIGINT stop intake first, then the store, within deadlines (a
+//!   second signal kills at once). A child that exits with the
+//!   configuration-error code (2) stops the whole system with that error.
+//! - `check`: validates and prints the effective settings.
+//! - `status [--json]`, `restart <process>`, `stop`: talk to the running
+//!   system through its control socket (`<store root>/supervisor.sock`,
+//!   owner-only).
 //!
 //! Signal handlers only set flags; all work happens in the main loop.
 
@@ -22,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use children::ChildProc;
-use config::SystemConfig;
+use settings::Settings;
 
 /// How long the store has to answer after it starts.
 pub const STORE_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,54 +59,135 @@ pub const PROCESSES: [&str; 6] = [
     "export-sitewise",
 ];
 
+/// The command line.
+#[derive(clap::Parser)]
+#[command(
+    name = "stream-manager",
+    version = settings::VERSION,
+    about = "A drop-in replacement for the AWS IoT Greengrass stream manager.",
+    long_about = "A drop-in replacement for the AWS IoT Greengrass stream manager.\n\n\
+        Without a command, validates the configuration, then starts and supervises the store, \
+        the SDK endpoint and the four exporters in the foreground. Settings come from the \
+        environment (see `stream-manager check`) and, with --config, from a file in systemd \
+        EnvironmentFile syntax; the environment wins."
+)]
+struct Cli {
+    /// A file of NAME=value settings (systemd EnvironmentFile syntax).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Start and supervise the whole system in the foreground (the default).
+    Run,
+    /// Validate the configuration and the installed programs, print the
+    /// effective settings, and exit (0 valid, 2 invalid).
+    Check,
+    /// Show the running system: processes, streams, exports, losses. Exits 0
+    /// when healthy, 1 when something is unhealthy (a process not running,
+    /// the store not answering, an export failing), 3 when nothing runs.
+    Status {
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart one process of the running system.
+    Restart {
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(PROCESSES))]
+        process: String,
+    },
+    /// Stop the running system (as SIGTERM to the supervisor does).
+    Stop,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let config_file = args
-        .iter()
-        .position(|a| a == "--config")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from);
-    let rest: Vec<&str> = {
-        let mut v = Vec::new();
-        let mut skip = false;
-        for a in &args {
-            if skip {
-                skip = false;
-                continue;
-            }
-            if a == "--config" {
-                skip = true;
-                continue;
-            }
-            v.push(a.as_str());
-        }
-        v
-    };
+    use clap::Parser;
+    let cli = Cli::parse();
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let config = match SystemConfig::load(&env, config_file.as_deref()) {
+    let config = match Settings::load(&env, cli.config.as_deref()) {
         Ok(c) => c,
-        Err(problems) => return bus::settings::report_problems("stream-manager", &problems),
+        Err(problems) => return settings::report_problems("stream-manager", &problems),
     };
-    match rest.as_slice() {
-        [] => run(config),
-        ["status"] => control::client(&config, "status", false),
-        ["status", "--json"] => control::client(&config, "status", true),
-        ["restart", name] => control::client(&config, &format!("restart {name}"), false),
-        ["stop"] => control::client(&config, "stop", false),
-        other => {
-            eprintln!(
-                "stream-manager: unknown command {:?}\nusage: stream-manager [--config FILE] [status [--json] | restart <process> | stop]",
-                other.join(" ")
-            );
-            ExitCode::from(2)
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            settings::logging::init("stream-manager", &config.log, &["stream_manager"]);
+            run(config)
         }
+        Command::Check => check(&config),
+        Command::Status { json } => control::client(&config, "status", json),
+        Command::Restart { process } => {
+            control::client(&config, &format!("restart {process}"), false)
+        }
+        Command::Stop => control::client(&config, "stop", false),
     }
+}
+
+/// The programs the supervisor starts, next to its own, or every one that
+/// is missing or not executable.
+fn programs() -> Result<Vec<PathBuf>, String> {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .ok_or("cannot find the directory of this program")?;
+    let paths: Vec<PathBuf> = PROCESSES.iter().map(|n| dir.join(n)).collect();
+    let missing: Vec<String> = paths
+        .iter()
+        .filter(|p| {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_default();
+            // SAFETY: access(2) on a NUL-terminated path we own.
+            !p.is_file() || unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(paths)
+    } else {
+        Err(format!(
+            "missing or not executable: {} (build every binary: bash scripts/run, or cargo build --release --bins)",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// `stream-manager check`.
+fn check(config: &Settings) -> ExitCode {
+    if let Err(e) = programs() {
+        eprintln!("stream-manager: {e}");
+        return ExitCode::from(settings::EXIT_CONFIG);
+    }
+    println!("configuration valid; store root {}", config.root.display());
+    for (name, meaning, default) in settings::KNOWN {
+        let value = config
+            .vars
+            .get(*name)
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_else(|| format!("(default: {default})"));
+        println!("  {name} = {value}\n      {meaning}");
+    }
+    let aws: Vec<&String> = config
+        .vars
+        .keys()
+        .filter(|k| k.starts_with("AWS_"))
+        .collect();
+    if !aws.is_empty() {
+        println!(
+            "  from the config file, for the exporters: {}",
+            aws.iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// With `STREAM_MANAGER_SERVER_PORT=0` the ingest picks a free port at its
 /// first start; later starts keep that port, so clients that learned it keep
 /// working across restarts.
-fn pin_ingest_port(config: &SystemConfig, procs: &mut [ChildProc]) {
+fn pin_ingest_port(config: &Settings, procs: &mut [ChildProc]) {
     if config
         .vars
         .get("STREAM_MANAGER_SERVER_PORT")
@@ -172,7 +256,7 @@ impl Liveness {
                 }
             });
         if let Err(e) = spawned {
-            eprintln!("[supervisor] cannot start the liveness probe: {e}");
+            tracing::error!("cannot start the liveness probe: {e}");
         }
         liveness
     }
@@ -197,13 +281,17 @@ impl Liveness {
     }
 }
 
-fn run(config: SystemConfig) -> ExitCode {
-    if let Err(e) = bus::settings::ensure_private_dir(&config.root) {
-        eprintln!(
-            "stream-manager: cannot create {}: {e}",
-            config.root.display()
-        );
-        return ExitCode::from(2);
+fn run(config: Settings) -> ExitCode {
+    let exes = match programs() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            return ExitCode::from(settings::EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = settings::ensure_private_dir(&config.root) {
+        tracing::error!("cannot create {}: {e}", config.root.display());
+        return ExitCode::from(settings::EXIT_CONFIG);
     }
     let signals = Arc::new(AtomicUsize::new(0));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -215,7 +303,7 @@ fn run(config: SystemConfig) -> ExitCode {
             })
         };
         if let Err(e) = r {
-            eprintln!("stream-manager: cannot install signal handlers: {e}");
+            tracing::error!("cannot install signal handlers: {e}");
             return ExitCode::from(2);
         }
     }
@@ -226,28 +314,20 @@ fn run(config: SystemConfig) -> ExitCode {
     let listener = match control::listen(&config, shared.clone()) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("stream-manager: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
-    let dir = match std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(PathBuf::from))
-    {
-        Some(d) => d,
-        None => {
-            eprintln!("stream-manager: cannot find the directory of this program");
-            return ExitCode::from(2);
-        }
-    };
+    let json = config.log.format == settings::LogFormat::Json;
     let mut procs: Vec<ChildProc> = PROCESSES
         .iter()
-        .map(|name| ChildProc::new(name, dir.join(name), config.vars.clone()))
+        .zip(exes)
+        .map(|(name, exe)| ChildProc::new(name, exe, config.vars.clone(), json))
         .collect();
     let started = Instant::now();
     // Store first; the ingest only once the store answers.
     if let Err(e) = procs[0].spawn() {
-        eprintln!("stream-manager: cannot start the store: {e}");
+        tracing::error!("cannot start the store: {e}");
         return ExitCode::from(2);
     }
     let bus = bus::BusClient::connect(&bus::store_endpoint(&config.root), Default::default());
@@ -271,10 +351,10 @@ fn run(config: SystemConfig) -> ExitCode {
     if !ready {
         let signalled = signals.load(Ordering::SeqCst) > 0;
         if signalled {
-            eprintln!("[supervisor] stopping during start-up");
+            tracing::info!("stopping during start-up");
         } else {
-            eprintln!(
-                "stream-manager: the store did not become ready ({}); stopping",
+            tracing::error!(
+                "the store did not become ready ({}); stopping",
                 procs[0]
                     .last_exit
                     .clone()
@@ -285,25 +365,28 @@ fn run(config: SystemConfig) -> ExitCode {
         drop(listener);
         return if signalled {
             ExitCode::SUCCESS
+        } else if procs[0].last_code == Some(i32::from(settings::EXIT_CONFIG)) {
+            ExitCode::from(settings::EXIT_CONFIG)
         } else {
             ExitCode::from(1)
         };
     }
     for p in procs.iter_mut().skip(1) {
         if let Err(e) = p.spawn() {
-            eprintln!("stream-manager: cannot start {}: {e}", p.name);
+            tracing::error!("cannot start {}: {e}", p.name);
         }
     }
     let liveness = Liveness::start(&config.root);
     *shared.procs.lock().unwrap_or_else(|p| p.into_inner()) =
         procs.iter().map(ChildProc::status).collect();
-    eprintln!(
-        "[supervisor] all processes started in {} ms (store root {})",
+    tracing::info!(
+        "all processes started in {} ms (store root {})",
         started.elapsed().as_millis(),
         config.root.display()
     );
 
     let mut handled_signals = 0;
+    let mut exit = ExitCode::SUCCESS;
     loop {
         *shared.procs.lock().unwrap_or_else(|p| p.into_inner()) =
             procs.iter().map(ChildProc::status).collect();
@@ -343,13 +426,27 @@ fn run(config: SystemConfig) -> ExitCode {
             }
         }
         pin_ingest_port(&config, &mut procs);
+        let mut refused = None;
         for p in procs.iter_mut() {
-            p.reap(false);
+            if p.reap(false) && p.last_code == Some(i32::from(settings::EXIT_CONFIG)) {
+                refused = Some(p.name);
+            }
             p.restart_if_due();
         }
+        if let Some(name) = refused {
+            // Exit code 2 means "restarting cannot help" (a setting, a port
+            // that is taken, a database that cannot be opened): stop with
+            // the error instead of restarting in a loop.
+            tracing::error!(
+                "{name} refused to run (exit code {}; its reason is logged above); stopping everything",
+                settings::EXIT_CONFIG
+            );
+            exit = ExitCode::from(settings::EXIT_CONFIG);
+            break;
+        }
         if let Some(silent) = liveness.stuck(&procs[0]) {
-            eprintln!(
-                "[supervisor] the store is running but has not answered for {} s; restarting it",
+            tracing::warn!(
+                "the store is running but has not answered for {} s; restarting it",
                 silent.as_secs()
             );
             procs[0].restart_now(STUCK_STORE_STOP_GRACE, &|| {
@@ -362,7 +459,7 @@ fn run(config: SystemConfig) -> ExitCode {
 
     // Shutdown: intake first, then the exporters (they commit what was
     // acknowledged), then the store; a second signal kills.
-    eprintln!("[supervisor] stopping");
+    tracing::info!("stopping");
     let abort = || signals.load(Ordering::SeqCst) > handled_signals;
     let (store, rest) = procs.split_at_mut(1);
     let (ingest, exporters) = rest.split_at_mut(1);
@@ -371,6 +468,6 @@ fn run(config: SystemConfig) -> ExitCode {
     children::stop_together(&mut exporters, INTAKE_STOP_GRACE, &abort);
     store[0].stop(STORE_STOP_GRACE, &abort);
     drop(listener);
-    eprintln!("[supervisor] stopped");
-    ExitCode::SUCCESS
+    tracing::info!("stopped");
+    exit
 }

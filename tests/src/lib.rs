@@ -9,6 +9,7 @@ pub mod fault_proxy;
 pub mod http;
 pub mod load;
 pub mod peer_bench;
+pub mod prometheus;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -33,7 +33,17 @@ impl Running {
     }
 
     fn start_at(root: tempfile::TempDir, extra: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(bin("stream-manager"));
+        Self::start_program(bin("stream-manager"), root, extra)
+    }
+
+    /// Starts `program` (a `stream-manager`, perhaps of an installation
+    /// made by `install_with`).
+    fn start_program(
+        program: std::path::PathBuf,
+        root: tempfile::TempDir,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = Command::new(program);
         cmd.env("STREAM_MANAGER_STORE_ROOT_DIR", root.path())
             .env("STREAM_MANAGER_SERVER_PORT", "0")
             .env("LOG_LEVEL", "WARN")
@@ -70,10 +80,10 @@ impl Running {
             .unwrap()
     }
 
+    /// `status --json`, healthy (exit 0) or not (exit 1).
     fn status(&self) -> Option<Json> {
         let out = self.command(&["status", "--json"]);
-        out.status
-            .success()
+        matches!(out.status.code(), Some(0 | 1))
             .then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
@@ -212,8 +222,12 @@ fn restart_changes_only_the_named_process() {
         }
     }
     let bad = r.command(&["restart", "nonsense"]);
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown process"));
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("invalid value 'nonsense'") && err.contains("export-kinesis"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -279,9 +293,18 @@ fn sigterm_leaves_no_process_and_no_socket_behind() {
 
 #[test]
 fn an_invalid_configuration_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
     let out = Command::new(bin("stream-manager"))
+        .env("STREAM_MANAGER_STORE_ROOT_DIR", &root)
         .env("STREAM_MANAGER_SERVER_PORT", "http")
         .env("STREAM_MANAGER_FLUSH_EVERYTHING", "yes")
+        .env("STREAM_MANAGER_SERVER_MAX_CONNECTIONS", "abc")
+        .env("STREAM_MANAGER_AUTHENTICATE_CLIENT", "true")
+        .env(
+            "STREAM_MANAGER_AUTH_TOKENS_FILE",
+            dir.path().join("no-such-tokens"),
+        )
         .env("LOG_LEVEL", "chatty")
         .output()
         .unwrap();
@@ -290,29 +313,82 @@ fn an_invalid_configuration_lists_every_problem() {
     for needle in [
         "STREAM_MANAGER_SERVER_PORT",
         "STREAM_MANAGER_FLUSH_EVERYTHING",
+        "STREAM_MANAGER_SERVER_MAX_CONNECTIONS \"abc\"",
+        "no-such-tokens cannot be read",
         "LOG_LEVEL",
     ] {
         assert!(err.contains(needle), "{needle} missing from:\n{err}");
     }
+    assert!(
+        !root.exists(),
+        "nothing starts before the configuration is valid"
+    );
+}
+
+/// An installation in `dir`: a copy of `stream-manager` with the children
+/// next to it (links to this build's), except those in `replace`, which are
+/// shell scripts with the given body, and those in `omit`.
+fn install_with(
+    dir: &std::path::Path,
+    replace: &[(&str, &str)],
+    omit: &[&str],
+) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let sm = dir.join("stream-manager");
+    std::fs::copy(bin("stream-manager"), &sm).unwrap();
+    for name in ALL {
+        let path = dir.join(name);
+        if let Some((_, body)) = replace.iter().find(|(n, _)| *n == name) {
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        } else if !omit.contains(&name) {
+            std::os::unix::fs::symlink(bin(name), &path).unwrap();
+        }
+    }
+    sm
+}
+
+#[test]
+fn a_missing_program_is_an_error_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = install_with(dir.path(), &[], &["export-kinesis"]);
+    let out = Command::new(&sm)
+        .env("STREAM_MANAGER_STORE_ROOT_DIR", dir.path().join("root"))
+        .env("STREAM_MANAGER_SERVER_PORT", "0")
+        .env("STREAM_MANAGER_METRICS_PORT", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("missing or not executable") && err.contains("export-kinesis"),
+        "{err}"
+    );
+    let check = Command::new(&sm)
+        .arg("check")
+        .env("STREAM_MANAGER_STORE_ROOT_DIR", dir.path().join("root"))
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(2));
 }
 
 #[test]
 fn a_crash_looping_child_is_reported_and_backed_off() {
-    // The ingest cannot read its tokens file, so it exits at every start.
     let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-such-tokens");
-    let r = Running::start(&[
-        ("STREAM_MANAGER_AUTHENTICATE_CLIENT", "true"),
-        ("STREAM_MANAGER_AUTH_TOKENS_FILE", missing.to_str().unwrap()),
-    ]);
+    let sm = install_with(
+        dir.path(),
+        &[("export-sitewise", "echo 'cannot work today' >&2; exit 1")],
+        &[],
+    );
+    let r = Running::start_program(sm, tempfile::tempdir().unwrap(), &[]);
     let start = Instant::now();
-    let ingest = loop {
+    let sitewise = loop {
         let s = r.status().unwrap();
         let p = s["processes"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|p| p["name"] == "ingest")
+            .find(|p| p["name"] == "export-sitewise")
             .unwrap()
             .clone();
         if p["state"] == "crash-looping" {
@@ -324,15 +400,106 @@ fn a_crash_looping_child_is_reported_and_backed_off() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(ingest["last_exit"]
+    assert!(sitewise["last_exit"]
         .as_str()
         .unwrap()
-        .contains("exit code 2"));
+        .contains("exit code 1"));
     // Backed off: no more than a handful of restarts so far, not a spin.
-    let restarts = ingest["restarts"].as_u64().unwrap();
+    let restarts = sitewise["restarts"].as_u64().unwrap();
     assert!((5..=8).contains(&restarts), "{restarts} restarts");
     // The store is unaffected.
     assert!(r.status().unwrap()["processes"][0]["state"] == "running");
+    // `status` says what is wrong and exits non-zero.
+    let out = r.command(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("UNHEALTHY") && text.contains("export-sitewise is crash-looping"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_child_that_refuses_its_configuration_stops_the_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = install_with(
+        dir.path(),
+        &[(
+            "export-analytics",
+            "echo 'export-analytics: invalid configuration: something' >&2; exit 2",
+        )],
+        &[],
+    );
+    let root = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(sm)
+        .env("STREAM_MANAGER_STORE_ROOT_DIR", root.path())
+        .env("STREAM_MANAGER_SERVER_PORT", "0")
+        .env("STREAM_MANAGER_METRICS_PORT", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("export-analytics refused to run") && err.contains("something"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn the_command_line_is_conventional() {
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(bin(program)).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = run("stream-manager", &["--help"]);
+    assert_eq!(code, Some(0), "{text}");
+    for word in ["check", "status", "restart", "stop", "--config"] {
+        assert!(text.contains(word), "{word} missing from:\n{text}");
+    }
+    let (code, text) = run("stream-manager", &["--version"]);
+    assert_eq!(code, Some(0));
+    assert!(text.starts_with("stream-manager 0."), "{text}");
+    let (code, _) = run("stream-manager", &["frobnicate"]);
+    assert_eq!(code, Some(2));
+    for child in ALL {
+        let (code, text) = run(child, &["--help"]);
+        assert_eq!(code, Some(0), "{child}: {text}");
+        assert!(
+            text.contains("STREAM_MANAGER_STORE_ROOT_DIR"),
+            "{child}: {text}"
+        );
+        let (code, text) = run(child, &["--version"]);
+        assert_eq!(code, Some(0), "{child}: {text}");
+        let (code, text) = run(child, &["--root", "/tmp/x"]);
+        assert_eq!(code, Some(2), "{child} must refuse arguments: {text}");
+    }
+    // `check` reads a file with systemd's quoting.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sm.env");
+    std::fs::write(
+        &file,
+        "# settings\nSTREAM_MANAGER_SERVER_PORT=\"9001\"\nLOG_LEVEL='DEBUG'\nAWS_REGION=eu-west-1\n",
+    )
+    .unwrap();
+    let (code, text) = run(
+        "stream-manager",
+        &["--config", file.to_str().unwrap(), "check"],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("STREAM_MANAGER_SERVER_PORT = \"9001\"") && text.contains("AWS_REGION"),
+        "{text}"
+    );
 }
 
 #[test]
