@@ -216,9 +216,14 @@ pub struct ExportProgress {
     pub error_message: Option<String>,
     pub exported_bytes_delta: i64,
     pub exported_messages_delta: i64,
-    /// Messages skipped in this batch because they can never be delivered.
+    /// Messages skipped in this batch because they can never be delivered,
+    /// plus those removed by the storage policy before export.
     #[serde(default)]
     pub skipped_messages_delta: i64,
+    /// Of `skipped_messages_delta`, the messages that the stream's storage
+    /// policy (overwrite, TTL) removed before the exporter read them.
+    #[serde(default)]
+    pub removed_messages_delta: i64,
     /// The cursor the exporter believes is stored. When set and the stored
     /// cursor differs (the export was reset by an update, or another exporter
     /// moved it), the commit is refused with `ErrorKind::Conflict` and nothing
@@ -272,6 +277,10 @@ pub enum Request {
         /// included); `None` is the store's own bound.
         #[serde(default)]
         max_bytes: Option<i64>,
+        /// The export this read is for, when an exporter reads: the store
+        /// counts messages read again for it (sent again after a restart).
+        #[serde(default)]
+        export_identifier: Option<String>,
     },
     /// Advance an export's cursor and record its status.
     CommitExport {
@@ -295,6 +304,17 @@ pub enum Request {
         priority: i64,
         wait_ms: i64,
     },
+    /// A process's own metrics, kept by the store (the latest report per
+    /// process) and served with its own by `Metrics`.
+    ReportMetrics {
+        process: String,
+        families: Vec<crate::metrics::MetricFamily>,
+    },
+    /// The store's metrics and the latest reports of the other processes.
+    Metrics,
+    /// The loss ledger: every range of messages that left a stream without
+    /// being exported, with its cause.
+    Losses,
     /// Sync everything to disk and exit.
     Shutdown,
 }
@@ -318,6 +338,9 @@ pub enum Response {
     Events(EventBatch),
     /// The bandwidth asked for may be used now.
     Granted,
+    Reported,
+    Metrics(Vec<crate::metrics::MetricFamily>),
+    Losses(Vec<LossEntry>),
     ShuttingDown,
     Error(ErrorReply),
 }
@@ -415,3 +438,59 @@ impl std::fmt::Display for ErrorReply {
 }
 
 impl std::error::Error for ErrorReply {}
+
+/// Why messages left a stream without being exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossCause {
+    /// `OverwriteOldestData` made room for new messages.
+    Overwrite,
+    /// Older than the stream's `timeToLiveMillis`.
+    Ttl,
+    /// The stream's `maxSize` was made smaller.
+    MaxSize,
+    /// The exporter skipped them: the destination can never accept them.
+    Skipped,
+    /// The stream was deleted.
+    Deleted,
+}
+
+impl LossCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LossCause::Overwrite => "overwrite",
+            LossCause::Ttl => "ttl",
+            LossCause::MaxSize => "max-size",
+            LossCause::Skipped => "skipped",
+            LossCause::Deleted => "deleted",
+        }
+    }
+}
+
+/// One range of sequence numbers in a loss entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossRange {
+    pub first_sequence_number: i64,
+    pub last_sequence_number: i64,
+    /// Unix ms when the first and the last message of the range left.
+    pub first_time_ms: i64,
+    pub last_time_ms: i64,
+}
+
+/// The messages of one stream (and export) that left for one cause.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossEntry {
+    pub stream: String,
+    /// `None`: the stream's own record (every message that left it, exported
+    /// or not); `Some`: messages that left before this export sent them.
+    pub export_identifier: Option<String>,
+    pub cause: LossCause,
+    /// Messages in all, ever (never decreases).
+    pub messages: i64,
+    /// The most recent ranges (adjacent ones merged); older ranges are
+    /// forgotten beyond a bound, counted in `forgotten_ranges`.
+    pub ranges: Vec<LossRange>,
+    pub forgotten_ranges: i64,
+    /// What the exporter said, for skipped messages.
+    pub detail: Option<String>,
+}

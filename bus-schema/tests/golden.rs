@@ -151,6 +151,7 @@ fn requests() -> Vec<(String, Vec<u8>, RequestEnvelope)> {
                 max_count: Some(100),
                 wait_ms: Some(2000),
                 max_bytes: Some(5_242_880),
+                export_identifier: Some("kin".into()),
             },
         ),
         req(
@@ -162,6 +163,7 @@ fn requests() -> Vec<(String, Vec<u8>, RequestEnvelope)> {
                 max_count: None,
                 wait_ms: None,
                 max_bytes: None,
+                export_identifier: None,
             },
         ),
         req(
@@ -175,7 +177,8 @@ fn requests() -> Vec<(String, Vec<u8>, RequestEnvelope)> {
                     error_message: None,
                     exported_bytes_delta: 500,
                     exported_messages_delta: 5,
-                    skipped_messages_delta: 0,
+                    skipped_messages_delta: 3,
+                    removed_messages_delta: 2,
                     expected_last_exported_sequence_number: Some(4),
                     expected_incarnation: Some(7),
                 },
@@ -197,8 +200,30 @@ fn requests() -> Vec<(String, Vec<u8>, RequestEnvelope)> {
                 wait_ms: 1000,
             },
         ),
+        req(
+            "report-metrics",
+            Request::ReportMetrics {
+                process: "ingest".into(),
+                families: vec![metric_family()],
+            },
+        ),
+        req("metrics", Request::Metrics),
+        req("losses", Request::Losses),
         req("shutdown", Request::Shutdown),
     ]
+}
+
+fn metric_family() -> bus_schema::metrics::MetricFamily {
+    use bus_schema::metrics::{Histogram, MetricFamily, MetricKind};
+    let mut f = MetricFamily::new(
+        "sm_ingest_request_seconds",
+        "Request latency.",
+        MetricKind::Histogram,
+    );
+    let mut h = Histogram::new(&[0.001, 0.01]);
+    h.observe(0.002);
+    f.histogram(&[("operation", "append")], &h);
+    f
 }
 
 fn responses() -> Vec<(String, Vec<u8>, ResponseEnvelope)> {
@@ -252,6 +277,25 @@ fn responses() -> Vec<(String, Vec<u8>, ResponseEnvelope)> {
             }),
         ),
         resp("granted", Response::Granted),
+        resp("reported", Response::Reported),
+        resp("metrics", Response::Metrics(vec![metric_family()])),
+        resp(
+            "losses",
+            Response::Losses(vec![LossEntry {
+                stream: "s".into(),
+                export_identifier: Some("kin".into()),
+                cause: LossCause::Overwrite,
+                messages: 120,
+                ranges: vec![LossRange {
+                    first_sequence_number: 0,
+                    last_sequence_number: 119,
+                    first_time_ms: 1_700_000_000_000,
+                    last_time_ms: 1_700_000_001_000,
+                }],
+                forgotten_ranges: 0,
+                detail: None,
+            }]),
+        ),
         resp("shutting-down", Response::ShuttingDown),
     ];
     for kind in [

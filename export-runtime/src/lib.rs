@@ -25,6 +25,7 @@
 #[cfg(feature = "aws")]
 pub mod aws;
 mod gate;
+pub mod metrics;
 pub mod store;
 
 use std::collections::HashMap;
@@ -329,7 +330,7 @@ where
                 return ExitCode::from(1);
             }
         };
-        let runtime = Runtime::new(dest, store, &config);
+        let runtime = Runtime::new(dest, store, &config, name);
         let stop = async {
             use tokio::signal::unix::{signal, SignalKind};
             match (
@@ -360,6 +361,9 @@ struct Shared<D: Destination> {
     stopping: watch::Receiver<bool>,
     /// Batch memory, in KiB ([`BATCH_MEMORY_BYTES_MAX`]).
     memory: Arc<tokio::sync::Semaphore>,
+    metrics: metrics::ExportMetrics,
+    /// The process name, in metrics.
+    process: &'static str,
 }
 
 struct Task<T> {
@@ -377,7 +381,7 @@ pub struct Runtime<D: Destination> {
 }
 
 impl<D: Destination> Runtime<D> {
-    pub fn new(dest: D, store: Store, config: &ExporterConfig) -> Self {
+    pub fn new(dest: D, store: Store, config: &ExporterConfig, process: &'static str) -> Self {
         let (stop_tx, stopping) = watch::channel(false);
         Self {
             shared: Arc::new(Shared {
@@ -387,6 +391,8 @@ impl<D: Destination> Runtime<D> {
                 bandwidth: config.bandwidth,
                 stopping,
                 memory: Arc::new(tokio::sync::Semaphore::new(BATCH_MEMORY_BYTES_MAX / 1024)),
+                metrics: Default::default(),
+                process,
             }),
             stop_tx,
             tasks: HashMap::new(),
@@ -397,6 +403,7 @@ impl<D: Destination> Runtime<D> {
     /// commit for up to [`SHUTDOWN_GRACE`].
     pub async fn run(mut self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
+        let reporter = AbortOnDrop(tokio::spawn(report_metrics(self.shared.clone())));
         let mut epoch = 0u64;
         let mut after = 0u64;
         let mut backoff = Backoff::default();
@@ -464,6 +471,7 @@ impl<D: Destination> Runtime<D> {
                 }
             }
         }
+        drop(reporter);
         self.shutdown().await;
     }
 
@@ -570,6 +578,7 @@ impl<D: Destination> Runtime<D> {
             .unwrap_or_default();
         for key in stale {
             if let Some(task) = self.tasks.remove(&key) {
+                self.shared.metrics.forget(&key.0, &key.1);
                 tracing::info!(stream = %key.0, export = %key.1, "export stopped or changed");
                 task.join.abort();
                 let _ = task.join.await;
@@ -626,6 +635,20 @@ impl<D: Destination> Runtime<D> {
             if tokio::time::timeout_at(deadline, &mut join).await.is_err() {
                 join.abort();
             }
+        }
+    }
+}
+
+/// Reports the process's metrics to the store every
+/// [`metrics::REPORT_INTERVAL`].
+async fn report_metrics<D: Destination>(shared: Arc<Shared<D>>) {
+    let mut tick = tokio::time::interval(metrics::REPORT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let families = shared.metrics.families(shared.process);
+        if let Err(e) = shared.store.report_metrics(shared.process, families).await {
+            tracing::debug!(error = %e, "cannot report metrics to the store");
         }
     }
 }
@@ -734,7 +757,13 @@ impl<D: Destination> Reader<D> {
             };
             let read = shared
                 .store
-                .read(&self.export.stream, self.next, batch_size, max_bytes)
+                .read(
+                    &self.export.stream,
+                    self.next,
+                    batch_size,
+                    max_bytes,
+                    Some(&self.export.identifier),
+                )
                 .await;
             let messages = match read {
                 Ok(m) => m,
@@ -802,7 +831,11 @@ impl<D: Destination> Reader<D> {
                 let seq = self.next;
                 let ingest_ms = match *first_pending {
                     Some((s, ms)) if s == seq => ms,
-                    _ => match shared.store.read(&self.export.stream, seq, 1, 1).await {
+                    _ => match shared
+                        .store
+                        .read(&self.export.stream, seq, 1, 1, None)
+                        .await
+                    {
                         Ok(m) if !m.is_empty() => {
                             *first_pending = Some((seq, m[0].ingest_time_ms));
                             m[0].ingest_time_ms
@@ -979,10 +1012,14 @@ impl<D: Destination> ExportWorker<D> {
         }
         let mut backoff = Backoff::default();
         let priority = self.export.priority();
+        let (stream, id) = (self.export.stream.clone(), self.export.identifier.clone());
+        let (m, stream, id) = (&shared.metrics, stream.as_str(), id.as_str());
         while !pending.is_empty() {
             let bytes: usize = pending.iter().map(|m| dest.record_size(&m.payload)).sum();
+            m.state(stream, id, metrics::ExportState::WaitingForSlot);
             let permit = self.shared.gate.acquire(priority).await;
             if self.shared.bandwidth.is_some() {
+                m.state(stream, id, metrics::ExportState::WaitingForBandwidth);
                 let mut stopping = self.shared.stopping.clone();
                 loop {
                     let granted = tokio::select! {
@@ -1002,6 +1039,7 @@ impl<D: Destination> ExportWorker<D> {
                     }
                 }
             }
+            m.state(stream, id, metrics::ExportState::Sending);
             let result = dest.send(&self.export, &pending).await;
             drop(permit);
             let failure = match result {
@@ -1051,12 +1089,14 @@ impl<D: Destination> ExportWorker<D> {
                     error = %reason,
                     "export attempt failed; retrying"
                 );
+                m.failed(stream, id, &reason);
                 self.record_error(reason).await;
                 if let Wake::Stop = self.pause(backoff.next_delay()).await {
                     return None;
                 }
             }
         }
+        m.succeeded(stream, id);
         Some(sent)
     }
 
@@ -1072,6 +1112,7 @@ impl<D: Destination> ExportWorker<D> {
             exported_bytes_delta: 0,
             exported_messages_delta: 0,
             skipped_messages_delta: 0,
+            removed_messages_delta: 0,
             expected_last_exported_sequence_number: Some(self.cursor),
             expected_incarnation: known(self.export.incarnation),
         };
@@ -1114,6 +1155,7 @@ impl<D: Destination> ExportWorker<D> {
             exported_messages_delta: sent.delivered,
             skipped_messages_delta: sent.skipped.len() as i64
                 + sent.removed.map_or(0, |(_, count)| count),
+            removed_messages_delta: sent.removed.map_or(0, |(_, count)| count),
             expected_last_exported_sequence_number: Some(self.cursor),
             expected_incarnation: known(self.export.incarnation),
         };

@@ -125,12 +125,14 @@ impl Store {
 
     /// Up to `max_count` messages from `start` (below the oldest: from the
     /// oldest), at most `max_bytes` of payload (the first always comes).
+    /// `export`: the export the messages are read to be sent for.
     pub async fn read(
         &self,
         stream: &str,
         start: i64,
         max_count: usize,
         max_bytes: usize,
+        export: Option<&str>,
     ) -> Result<Vec<Message>, StoreError> {
         let req = Request::Read {
             stream: stream.to_string(),
@@ -139,6 +141,7 @@ impl Store {
             max_count: Some(max_count as i64),
             wait_ms: Some(0),
             max_bytes: Some(max_bytes as i64),
+            export_identifier: export.map(str::to_string),
         };
         match self.call(req, STORE_CALL_TIMEOUT).await {
             Ok(Response::Messages(m)) => Ok(m),
@@ -161,6 +164,22 @@ impl Store {
         };
         match self.call(req, STORE_CALL_TIMEOUT).await? {
             Response::Committed => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Hands the process's metrics to the store, which serves them.
+    pub async fn report_metrics(
+        &self,
+        process: &str,
+        families: Vec<bus_schema::metrics::MetricFamily>,
+    ) -> Result<(), StoreError> {
+        let req = Request::ReportMetrics {
+            process: process.to_string(),
+            families,
+        };
+        match self.call(req, STORE_CALL_TIMEOUT).await? {
+            Response::Reported => Ok(()),
             other => Err(unexpected(other)),
         }
     }

@@ -3,5 +3,6 @@
 //! knows the SDK wire format; it knows nothing of storage or exporters.
 
 pub mod config;
+pub mod metrics;
 pub mod server;
 pub mod wire;

@@ -55,8 +55,10 @@ async fn run(config: IngestConfig) -> anyhow::Result<()> {
     println!("ingest listening on 127.0.0.1:{port}");
     tracing::info!(port, "ingest listening");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let metrics = Arc::new(ingest::metrics::IngestMetrics::default());
+    tokio::spawn(metrics.clone().report(bus.clone()));
     tokio::select! {
-        _ = ingest::server::serve(listener, Arc::new(config.settings), bus) => {}
+        _ = ingest::server::serve_counted(listener, Arc::new(config.settings), bus, metrics) => {}
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
     }

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::metrics::{self, IngestMetrics};
 use crate::wire::{self, op, status, ClientRequest};
 
 /// Settings of the endpoint.
@@ -75,6 +76,16 @@ impl Default for IngestSettings {
 
 /// Serves connections until the task is dropped.
 pub async fn serve(listener: TcpListener, settings: Arc<IngestSettings>, bus: BusClient) {
+    serve_counted(listener, settings, bus, Arc::default()).await
+}
+
+/// [`serve`], counting into `metrics`.
+pub async fn serve_counted(
+    listener: TcpListener,
+    settings: Arc<IngestSettings>,
+    bus: BusClient,
+    metrics: Arc<IngestMetrics>,
+) {
     let slots = Arc::new(Semaphore::new(settings.connections_max));
     let buffered = Arc::new(Semaphore::new(
         (settings.buffered_bytes_max / BUFFER_UNIT_BYTES).max(1),
@@ -92,10 +103,14 @@ pub async fn serve(listener: TcpListener, settings: Arc<IngestSettings>, bus: Bu
             }
         };
         let (settings, bus, buffered) = (settings.clone(), bus.clone(), buffered.clone());
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, peer, settings, bus, buffered).await {
+            metrics.connection_opened();
+            if let Err(e) = connection(stream, peer, settings, bus, buffered, metrics.clone()).await
+            {
                 tracing::info!(%peer, error = %e, "connection closed");
             }
+            metrics.connection_closed();
             drop(permit);
         });
     }
@@ -289,6 +304,7 @@ async fn connection(
     settings: Arc<IngestSettings>,
     bus: BusClient,
     buffered: Arc<Semaphore>,
+    metrics: Arc<IngestMetrics>,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
@@ -360,6 +376,7 @@ async fn connection(
             let Some(id) = id else {
                 break Err(format!("operation {opcode} without a readable requestId"));
             };
+            metrics.refused("unknown", "unknown-operation");
             let body = wire::response(
                 &id,
                 status::UNKNOWN_OPERATION,
@@ -385,6 +402,7 @@ async fn connection(
                     ));
                 };
                 tracing::info!(%peer, opcode, error = %e.message, "invalid request");
+                metrics.refused(metrics::operation(opcode), "invalid-request");
                 let body =
                     wire::response(&id, status::INVALID_REQUEST, Some(&e.message), Vec::new());
                 if tx
@@ -398,13 +416,20 @@ async fn connection(
             }
         };
         let (bus_request, timeout, read_stream) = to_bus(request, settings.store_timeout);
+        let submitted = std::time::Instant::now();
         let pending = bus.submit(bus_request, timeout).await;
         let tx = tx.clone();
+        let metrics = metrics.clone();
         replies.spawn(async move {
             let reply = match pending {
                 Ok(p) => p.wait().await,
                 Err(e) => Err(e),
             };
+            metrics.answered(
+                metrics::operation(opcode),
+                metrics::outcome(&reply),
+                submitted.elapsed(),
+            );
             let body = to_wire(&id, reply, read_stream.as_deref());
             let _ = tx.send(wire::frame(wire::response_op(opcode), &body)).await;
             drop((permit, bytes));
@@ -464,6 +489,7 @@ fn to_bus(request: ClientRequest, store_timeout: Duration) -> (Request, Duration
                     max_count: max,
                     wait_ms: wait,
                     max_bytes: None,
+                    export_identifier: None,
                 },
                 store_timeout + waited,
                 Some(stream),

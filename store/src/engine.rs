@@ -17,13 +17,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use bus_schema::{
-    ErrorKind, ErrorReply, ExportProgress, ExportStatus, Message, Persistence, StorageStatus,
-    StrategyOnFull, StreamDefinition, StreamInfo, MESSAGE_PAYLOAD_BYTES_MAX,
-    READ_RESPONSE_BYTES_TARGET,
+    ErrorKind, ErrorReply, ExportProgress, ExportStatus, LossCause, LossEntry, Message,
+    Persistence, StorageStatus, StrategyOnFull, StreamDefinition, StreamInfo,
+    MESSAGE_PAYLOAD_BYTES_MAX, READ_RESPONSE_BYTES_TARGET,
 };
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
 
 use crate::keys::*;
+use crate::ledger::{Ledger, LedgerChange, Loss};
 use crate::validate;
 use crate::wal::{Keyspaces, Ks, WriteSet, Writer, LOG_DIR};
 
@@ -178,6 +179,9 @@ struct Stream {
     /// The chunk being filled (File streams), always in the newest segment.
     open: Option<ChunkBuilder>,
     cursors: BTreeMap<String, ExportStatus>,
+    /// Appends refused because the stream was full (`RejectNewData`),
+    /// since this process started.
+    rejected_full: u64,
 }
 
 impl Stream {
@@ -198,6 +202,7 @@ impl Stream {
             sealed: VecDeque::new(),
             open: None,
             cursors: BTreeMap::new(),
+            rejected_full: 0,
         }
     }
     /// The first sequence number held in memory: fjall holds every earlier
@@ -461,7 +466,21 @@ pub struct Engine {
     clock_steps_ms: u64,
     /// The wall clock and the monotonic clock at the last observation.
     last_clock: Option<(u64, std::time::Instant)>,
+    /// Where messages went that were not exported (`ledger`).
+    ledger: Ledger,
+    /// Time to write (and sync, for `flushOnWrite`) each change to the log.
+    pub commit_seconds: bus_schema::metrics::Histogram,
     pub stats: EngineStats,
+}
+
+/// Adds what recording `loss` changes to `batch`.
+fn record_loss(ledger: &mut Ledger, batch: &mut WriteSet, loss: Loss<'_>) {
+    for change in ledger.record(loss) {
+        match change {
+            LedgerChange::Put(k, e) => batch.insert(Ks::Meta, k, cbor(&e)),
+            LedgerChange::Remove(k) => batch.remove(Ks::Meta, k),
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -862,6 +881,15 @@ impl Engine {
         }
         let mut streams = BTreeMap::new();
         let next_stream_id = load(&keyspaces, &mut streams).map_err(fail)?;
+        let mut ledger = Ledger::default();
+        for item in keyspaces.by_tag[Ks::Meta as usize].prefix(crate::ledger::LEDGER_KEY_PREFIX) {
+            let (k, v) = item
+                .into_inner()
+                .map_err(|e| fail(format!("reading the loss ledger: {e}")))?;
+            let entry: LossEntry = from_cbor(&v)
+                .map_err(|e| fail(format!("a loss ledger entry is unreadable: {e}")))?;
+            ledger.load(k.to_vec(), entry);
+        }
         migrate_layout_1(&keyspaces, &mut streams).map_err(|e| {
             fail(format!(
                 "cannot convert the database's messages to chunks: {e}"
@@ -898,6 +926,8 @@ impl Engine {
             failed: None,
             clock_steps_ms: 0,
             last_clock: None,
+            ledger,
+            commit_seconds: Default::default(),
             stats: EngineStats::default(),
         };
         // The rebuilt chunks go to fjall first, then the old log files go.
@@ -972,6 +1002,129 @@ impl Engine {
             .get(name)
             .map(|s| self.info_with_lag(s))
             .ok_or_else(|| not_found(name))
+    }
+
+    /// The loss ledger, every entry.
+    pub fn losses(&self) -> Vec<LossEntry> {
+        self.ledger.entries().map(|(_, e)| e.clone()).collect()
+    }
+
+    /// The metrics of the streams and their exports (Prometheus families).
+    pub fn metric_families(&self, now_ms: u64) -> Vec<bus_schema::metrics::MetricFamily> {
+        use bus_schema::metrics::{MetricFamily, MetricKind::*};
+        let mut messages =
+            MetricFamily::new("sm_stream_messages", "Messages the stream holds.", Gauge);
+        let mut bytes = MetricFamily::new(
+            "sm_stream_bytes",
+            "Bytes the stream holds, as counted against its maxSize.",
+            Gauge,
+        );
+        let mut age = MetricFamily::new(
+            "sm_stream_oldest_message_age_seconds",
+            "Age of the oldest message the stream holds (0 when empty).",
+            Gauge,
+        );
+        let mut dropped = MetricFamily::new(
+            "sm_stream_dropped_messages_total",
+            "Messages that left the stream by its storage policy (overwrite, ttl, max-size: durable), or appends refused because it was full (rejected-full: since the store started).",
+            Counter,
+        );
+        let mut lag = MetricFamily::new(
+            "sm_export_lag_messages",
+            "Messages of the stream not yet exported.",
+            Gauge,
+        );
+        let mut lag_s = MetricFamily::new(
+            "sm_export_lag_seconds",
+            "Age of the oldest message not yet exported (0 when none waits).",
+            Gauge,
+        );
+        let mut sent = MetricFamily::new(
+            "sm_export_records_sent_total",
+            "Records the destination acknowledged.",
+            Counter,
+        );
+        let mut sent_bytes = MetricFamily::new(
+            "sm_export_sent_bytes_total",
+            "Payload bytes of the records the destination acknowledged.",
+            Counter,
+        );
+        let mut skipped = MetricFamily::new(
+            "sm_export_records_skipped_total",
+            "Records that left without being exported, by cause (overwrite, ttl, max-size: removed before the exporter read them; skipped: undeliverable), from the loss ledger.",
+            Counter,
+        );
+        let mut failing = MetricFamily::new(
+            "sm_export_error",
+            "1 when the export's last attempt failed (its status shows the error).",
+            Gauge,
+        );
+        let mut by_sid: HashMap<u64, &str> = HashMap::new();
+        for info in self.describe_all() {
+            let name = info.definition.name.as_str();
+            let Some(stream) = self.streams.get(name) else {
+                continue;
+            };
+            by_sid.insert(stream.id, &stream.def.name);
+            let l = [("stream", name)];
+            messages.sample(&l, stream.count_from(stream.oldest) as f64);
+            bytes.sample(&l, stream.total_bytes as f64);
+            let oldest_ms = stream.segments.front().map(|s| s.rec.first_ms);
+            age.sample(
+                &l,
+                oldest_ms.map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0),
+            );
+            dropped.sample(
+                &[("stream", name), ("cause", "rejected-full")],
+                stream.rejected_full as f64,
+            );
+            for x in &info.export_statuses {
+                let l = [("stream", name), ("export", x.export_identifier.as_str())];
+                let newest = info.storage.newest_sequence_number;
+                lag.sample(
+                    &l,
+                    (newest
+                        - x.last_exported_sequence_number
+                            .max(info.storage.oldest_sequence_number - 1))
+                    .max(0) as f64,
+                );
+                lag_s.sample(
+                    &l,
+                    x.oldest_unexported_ingest_ms
+                        .map_or(0.0, |t| (now_ms as i64 - t).max(0) as f64 / 1000.0),
+                );
+                sent.sample(&l, x.exported_messages as f64);
+                sent_bytes.sample(&l, x.exported_bytes as f64);
+                failing.sample(&l, f64::from(u8::from(x.error_message.is_some())));
+            }
+        }
+        for (key, e) in self.ledger.entries() {
+            let Some(name) = Ledger::sid_of(key).and_then(|sid| by_sid.get(&sid)) else {
+                continue;
+            };
+            match &e.export_identifier {
+                None if e.cause != LossCause::Deleted => {
+                    dropped.sample(
+                        &[("stream", name), ("cause", e.cause.as_str())],
+                        e.messages as f64,
+                    );
+                }
+                None => {}
+                Some(export) => {
+                    skipped.sample(
+                        &[
+                            ("stream", name),
+                            ("export", export.as_str()),
+                            ("cause", e.cause.as_str()),
+                        ],
+                        e.messages as f64,
+                    );
+                }
+            }
+        }
+        vec![
+            messages, bytes, age, dropped, lag, lag_s, sent, sent_bytes, skipped, failing,
+        ]
     }
 
     pub fn describe_all(&self) -> Vec<StreamInfo> {
@@ -1129,6 +1282,45 @@ impl Engine {
         let stream = self.streams.get(name).ok_or_else(|| not_found(name))?;
         let sid = stream.id;
         let mut batch = WriteSet::default();
+        // What the stream still holds leaves with it: recorded for the
+        // stream, and for each export the part it had not exported.
+        let now = now_ms();
+        if stream.next > stream.oldest {
+            let last = stream.next - 1;
+            let mut losses = vec![(None, stream.oldest, stream.count_from(stream.oldest))];
+            for (_, export) in stream.def.exports.all() {
+                let cursor = stream
+                    .cursors
+                    .get(&export.identifier)
+                    .map_or_else(|| stream.default_status(&export.identifier), Clone::clone)
+                    .last_exported_sequence_number;
+                let first = ((cursor + 1).max(0) as u64).max(stream.oldest);
+                if first <= last {
+                    losses.push((
+                        Some(export.identifier.clone()),
+                        first,
+                        stream.count_from(first),
+                    ));
+                }
+            }
+            for (export, first, messages) in losses {
+                record_loss(
+                    &mut self.ledger,
+                    &mut batch,
+                    Loss {
+                        sid,
+                        stream: name,
+                        export: export.as_deref(),
+                        cause: LossCause::Deleted,
+                        first,
+                        last,
+                        messages,
+                        time_ms: now,
+                        detail: None,
+                    },
+                );
+            }
+        }
         batch.remove(Ks::Streams, name.as_bytes());
         if stream.is_file() {
             // Every state key of the stream, from memory (which mirrors
@@ -1208,6 +1400,23 @@ impl Engine {
             let (oldest, reserved) = (stream.oldest, stream.reserved);
             match Self::append_one(stream, item.payload, now, self.clock_steps_ms, &mut batch) {
                 Ok((seq, dropped)) => {
+                    if stream.oldest > oldest {
+                        record_loss(
+                            &mut self.ledger,
+                            &mut batch,
+                            Loss {
+                                sid: stream.id,
+                                stream: item.stream,
+                                export: None,
+                                cause: LossCause::Overwrite,
+                                first: oldest,
+                                last: stream.oldest - 1,
+                                messages: stream.oldest - oldest,
+                                time_ms: now,
+                                detail: None,
+                            },
+                        );
+                    }
                     if stream.is_file() && (stream.oldest, stream.reserved) != (oldest, reserved) {
                         // A new reservation must be on disk before any of
                         // its numbers is acknowledged.
@@ -1224,7 +1433,12 @@ impl Engine {
                     }
                     results.push(Ok((seq as i64, now as i64)));
                 }
-                Err(e) => results.push(Err(e)),
+                Err(e) => {
+                    if e.kind == ErrorKind::StreamFull {
+                        stream.rejected_full += 1;
+                    }
+                    results.push(Err(e))
+                }
             }
         }
         let mut newest = Vec::with_capacity(touched.len());
@@ -1452,6 +1666,7 @@ impl Engine {
         let prev_oldest = stream.oldest;
         let ttl = stream.def.time_to_live_ms.map(|t| t.max(0) as u64);
         let mut firsts = Vec::new();
+        let mut losses: Vec<(u64, u64, LossCause)> = Vec::new();
         while let Some(first) = stream.segments.front() {
             // Forward steps of the wall clock since the segment's last
             // message do not count towards its age.
@@ -1462,12 +1677,40 @@ impl Engine {
             if !(expired || stream.total_bytes > stream.max_size()) {
                 break;
             }
+            let before = stream.oldest;
             firsts.extend(Self::drop_oldest_segment(stream));
+            let cause = if expired {
+                LossCause::Ttl
+            } else {
+                LossCause::MaxSize
+            };
+            if stream.oldest > before {
+                losses.push((before, stream.oldest - 1, cause));
+            }
         }
         let dropped = firsts.len() as u64;
-        if dropped > 0 && stream.is_file() {
+        if dropped > 0 {
             let mut batch = WriteSet::default();
-            Self::persist_trim(stream, prev_oldest, &firsts, &mut batch, true);
+            if stream.is_file() {
+                Self::persist_trim(stream, prev_oldest, &firsts, &mut batch, true);
+            }
+            for (first, last, cause) in losses {
+                record_loss(
+                    &mut self.ledger,
+                    &mut batch,
+                    Loss {
+                        sid: stream.id,
+                        stream: name,
+                        export: None,
+                        cause,
+                        first,
+                        last,
+                        messages: last - first + 1,
+                        time_ms: now,
+                        detail: None,
+                    },
+                );
+            }
             self.commit(batch, false)?;
         }
         self.stats.segments_dropped += dropped;
@@ -1724,6 +1967,58 @@ impl Engine {
         {
             return Err(invalid("exported and skipped counts only grow"));
         }
+        if !(0..=progress.skipped_messages_delta).contains(&progress.removed_messages_delta) {
+            return Err(invalid(format!(
+                "removed_messages_delta {} must be from 0 to skipped_messages_delta {}",
+                progress.removed_messages_delta, progress.skipped_messages_delta
+            )));
+        }
+        let mut batch = WriteSet::default();
+        let before = status.last_exported_sequence_number;
+        let now = now_ms();
+        if progress.removed_messages_delta > 0 {
+            // Found missing by the exporter: removed by the storage policy
+            // before it read them, just after its cursor.
+            let first = (before + 1) as u64;
+            let last = first + progress.removed_messages_delta as u64 - 1;
+            let cause = self
+                .ledger
+                .cause_of(s.id, first)
+                .unwrap_or(LossCause::Overwrite);
+            record_loss(
+                &mut self.ledger,
+                &mut batch,
+                Loss {
+                    sid: s.id,
+                    stream: name,
+                    export: Some(identifier),
+                    cause,
+                    first,
+                    last,
+                    messages: progress.removed_messages_delta as u64,
+                    time_ms: now,
+                    detail: None,
+                },
+            );
+        }
+        let undeliverable = progress.skipped_messages_delta - progress.removed_messages_delta;
+        if undeliverable > 0 {
+            record_loss(
+                &mut self.ledger,
+                &mut batch,
+                Loss {
+                    sid: s.id,
+                    stream: name,
+                    export: Some(identifier),
+                    cause: LossCause::Skipped,
+                    first: (before + 1) as u64,
+                    last: progress.last_exported_sequence_number.max(before + 1) as u64,
+                    messages: undeliverable as u64,
+                    time_ms: now,
+                    detail: progress.error_message.as_deref(),
+                },
+            );
+        }
         status.last_exported_sequence_number = progress.last_exported_sequence_number;
         status.last_export_time_ms = Some(progress.last_export_time_ms);
         status.error_message = progress.error_message.clone();
@@ -1736,7 +2031,6 @@ impl Engine {
         status.skipped_messages = status
             .skipped_messages
             .saturating_add(progress.skipped_messages_delta);
-        let mut batch = WriteSet::default();
         if s.is_file() {
             batch.insert(Ks::State, cursor_key(s.id, identifier), cbor(&status));
         }
@@ -1788,10 +2082,12 @@ impl Engine {
                 e,
             )));
         }
+        let started = std::time::Instant::now();
         let ticket = match self.writer.commit(batch, sync) {
             Ok(t) => t,
             Err(e) => return Err(self.fail(e)),
         };
+        self.commit_seconds.observe(started.elapsed().as_secs_f64());
         self.send_sealed();
         if self.writer.is_full() {
             self.seal_all();
@@ -1924,6 +2220,7 @@ mod tests {
             exported_bytes_delta: 1,
             exported_messages_delta: 1,
             skipped_messages_delta: 0,
+            removed_messages_delta: 0,
             expected_last_exported_sequence_number: None,
             expected_incarnation: None,
         }

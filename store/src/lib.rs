@@ -9,6 +9,7 @@ pub mod bandwidth;
 pub mod config;
 pub mod engine;
 pub mod keys;
+pub mod ledger;
 pub mod load;
 pub mod memory;
 pub mod priority;

@@ -19,6 +19,7 @@ use bus_schema::{
 
 use crate::bandwidth::Budget;
 use crate::engine::{AppendItem, Engine, EngineError};
+use bus_schema::metrics::MetricFamily;
 
 /// Requests taken off the socket in one round.
 pub const ROUND_REQUESTS_MAX: usize = 4096;
@@ -59,6 +60,8 @@ struct WaitingRead {
     max: u64,
     max_bytes: usize,
     deadline: Instant,
+    /// The export this read is for (an exporter's read).
+    export: Option<String>,
 }
 
 struct Watcher {
@@ -122,7 +125,18 @@ pub struct StoreServer {
     /// Requests skipped because their deadline had passed.
     pub expired_requests: u64,
     budget: Budget,
+    /// Per (stream, export): the highest sequence number read for it, and
+    /// the messages read for it again (after an exporter or store restart,
+    /// or a reset), since this store started.
+    read_high: HashMap<(String, String), (u64, u64)>,
+    /// The latest metrics each process reported, with when.
+    reports: HashMap<String, (Instant, Vec<MetricFamily>)>,
 }
+
+/// Processes whose metrics reports are kept (the system has six).
+pub const REPORTING_PROCESSES_MAX: usize = 16;
+/// A report older than this is not served (its process is gone).
+pub const REPORT_STALE_AFTER: Duration = Duration::from_secs(30);
 
 struct PendingAppend {
     peer: PeerId,
@@ -154,6 +168,8 @@ impl StoreServer {
             stop: None,
             expired_requests: 0,
             budget: Budget::new(None, Instant::now()),
+            read_high: HashMap::new(),
+            reports: HashMap::new(),
         }
     }
 
@@ -343,7 +359,10 @@ impl StoreServer {
                 | Request::ListStreams
                 | Request::Health
                 | Request::AcquireBandwidth { .. }
-                | Request::WatchEvents { .. }) => deferred.push((peer, envelope.id, body)),
+                | Request::WatchEvents { .. }
+                | Request::ReportMetrics { .. }
+                | Request::Metrics
+                | Request::Losses) => deferred.push((peer, envelope.id, body)),
                 body => {
                     // Everything that came before this request is answered
                     // before it changes anything: appends, then queries.
@@ -525,16 +544,38 @@ impl StoreServer {
                 max_count,
                 wait_ms,
                 max_bytes,
+                export_identifier,
             } => {
                 return self.handle_read(
                     peer,
                     id,
-                    stream,
+                    (stream, export_identifier),
                     start_sequence_number,
                     (min_count, max_count, max_bytes),
                     wait_ms,
                 )
             }
+            Request::ReportMetrics { process, families } => {
+                if !self.reports.contains_key(&process)
+                    && self.reports.len() >= REPORTING_PROCESSES_MAX
+                {
+                    self.reports
+                        .retain(|_, (at, _)| at.elapsed() < REPORT_STALE_AFTER);
+                }
+                if !self.reports.contains_key(&process)
+                    && self.reports.len() >= REPORTING_PROCESSES_MAX
+                {
+                    err(
+                        ErrorKind::Busy,
+                        format!("metrics of {REPORTING_PROCESSES_MAX} processes are already kept"),
+                    )
+                } else {
+                    self.reports.insert(process, (Instant::now(), families));
+                    Response::Reported
+                }
+            }
+            Request::Metrics => Response::Metrics(self.metric_families()),
+            Request::Losses => Response::Losses(self.engine.losses()),
             Request::AcquireBandwidth {
                 bytes,
                 priority,
@@ -571,7 +612,7 @@ impl StoreServer {
         &mut self,
         peer: &PeerId,
         id: u64,
-        stream: String,
+        (stream, export): (String, Option<String>),
         start: Option<i64>,
         (min, max, max_bytes): (Option<i64>, Option<i64>, Option<i64>),
         wait_ms: Option<i64>,
@@ -624,6 +665,7 @@ impl StoreServer {
             max: max.min(READ_MESSAGES_MAX) as u64,
             max_bytes: max_bytes.min(READ_RESPONSE_BYTES_TARGET as i64) as usize,
             deadline: Instant::now() + Duration::from_millis(wait_ms as u64),
+            export,
         };
         match self.engine.available(&waiting.stream, waiting.start) {
             Err(e) => Some(Response::Error(self.fatal(e)?)),
@@ -657,7 +699,23 @@ impl StoreServer {
                     messages.len()
                 ),
             ),
-            Ok(messages) => Response::Messages(messages),
+            Ok(messages) => {
+                if let (Some(export), Some(first), Some(last)) =
+                    (&w.export, messages.first(), messages.last())
+                {
+                    let (first, last) = (first.sequence_number as u64, last.sequence_number as u64);
+                    let (high, again) = self
+                        .read_high
+                        .entry((w.stream.clone(), export.clone()))
+                        .or_insert((0, 0));
+                    // `high` is one past the highest number read before.
+                    if first < *high {
+                        *again += (*high - 1).min(last) - first + 1;
+                    }
+                    *high = (*high).max(last + 1);
+                }
+                Response::Messages(messages)
+            }
             Err(e) => match self.fatal(e) {
                 Some(r) => Response::Error(r),
                 None => err(ErrorKind::StoreReadError, "read failed"),
@@ -687,6 +745,71 @@ impl StoreServer {
         if !keep.is_empty() {
             self.reads.insert(stream.to_string(), keep);
         }
+    }
+
+    /// The store's metrics and the latest report of every other process.
+    fn metric_families(&mut self) -> Vec<MetricFamily> {
+        use bus_schema::metrics::MetricKind::*;
+        let mut out = self.engine.metric_families(bus::unix_ms());
+        let mut again = MetricFamily::new(
+            "sm_export_records_resent_total",
+            "Records read for an export again after an exporter or store restart or a reset (sent again, or read ahead and not sent before the restart), since the store started.",
+            Counter,
+        );
+        for ((stream, export), (_, n)) in &self.read_high {
+            if self.engine.exists(stream) {
+                again.sample(&[("stream", stream), ("export", export)], *n as f64);
+            }
+        }
+        out.push(again);
+        let db = self.engine.path().to_path_buf();
+        let root = db.parent().unwrap_or(&db).to_path_buf();
+        let mut disk = MetricFamily::new(
+            "sm_store_disk_used_bytes",
+            "Disk space allocated to the files under the store root.",
+            Gauge,
+        );
+        disk.sample(&[], crate::wal::allocated_bytes(&root) as f64);
+        out.push(disk);
+        let mut free = MetricFamily::new(
+            "sm_store_disk_free_bytes",
+            "Free space of the file system holding the store root (for unprivileged processes).",
+            Gauge,
+        );
+        if let Ok(f) = crate::wal::free_bytes(&root) {
+            free.sample(&[], f as f64);
+        }
+        out.push(free);
+        let mut log = MetricFamily::new(
+            "sm_store_log_bytes",
+            "Disk space allocated to the write-ahead log (db/wal).",
+            Gauge,
+        );
+        log.sample(
+            &[],
+            crate::wal::allocated_bytes(&db.join(crate::wal::LOG_DIR)) as f64,
+        );
+        out.push(log);
+        let mut commit = MetricFamily::new(
+            "sm_store_commit_seconds",
+            "Time to write each change to the log (and sync it, for flushOnWrite streams).",
+            Histogram,
+        );
+        commit.histogram(&[], &self.engine.commit_seconds);
+        out.push(commit);
+        let mut ledger = MetricFamily::new(
+            "sm_store_loss_ledger_entries",
+            "Entries in the loss ledger.",
+            Gauge,
+        );
+        ledger.sample(&[], self.engine.losses().len() as f64);
+        out.push(ledger);
+        self.reports
+            .retain(|_, (at, _)| at.elapsed() < REPORT_STALE_AFTER);
+        for (_, families) in self.reports.values() {
+            out.extend(families.iter().cloned());
+        }
+        out
     }
 
     fn fail_reads(&mut self, stream: &str) {

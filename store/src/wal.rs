@@ -1076,6 +1076,29 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Disk space allocated to the files under `dir` (recursively; symbolic
+/// links are not followed), bytes. Unreadable entries count as 0.
+pub fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                pending.push(e.path());
+            }
+        }
+    }
+    total
+}
+
 /// Reserves the blocks of `len` bytes from `offset` of `file` without
 /// changing its size (writes there cannot meet a full disk).
 fn preallocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {

@@ -257,6 +257,7 @@ fn pipelined_requests_are_answered_in_the_order_they_change_things() {
             max_count: None,
             wait_ms: None,
             max_bytes: None,
+            export_identifier: None,
         },
         Request::DeleteStream { name: "p".into() },
     ];

@@ -27,6 +27,7 @@ fn append_read_describe_delete_over_the_bus() {
             max_count: Some(4),
             wait_ms: None,
             max_bytes: None,
+            export_identifier: None,
         },
     )
     .unwrap();
@@ -77,6 +78,7 @@ fn long_poll_read_is_woken_by_an_append_and_times_out_on_time() {
                 max_count: Some(10),
                 wait_ms: Some(3000),
                 max_bytes: None,
+                export_identifier: None,
             },
             TIMEOUT,
         );
@@ -101,6 +103,7 @@ fn long_poll_read_is_woken_by_an_append_and_times_out_on_time() {
             max_count: None,
             wait_ms: Some(300),
             max_bytes: None,
+            export_identifier: None,
         },
         TIMEOUT,
     );
@@ -201,6 +204,7 @@ fn definitions_data_and_cursors_survive_a_restart_and_memory_streams_do_not_keep
         exported_bytes_delta: 3,
         exported_messages_delta: 3,
         skipped_messages_delta: 0,
+        removed_messages_delta: 0,
         expected_last_exported_sequence_number: None,
         expected_incarnation: None,
     };

@@ -177,12 +177,42 @@ pub fn status(shared: &Shared, bus: Option<&bus::BusClient>) -> serde_json::Valu
             (Vec::new(), Vec::new(), Some(e))
         }
     };
+    // Where messages went that were not exported: the loss ledger.
+    let losses: Vec<serde_json::Value> = match bus
+        .filter(|_| store_error.is_none())
+        .map(|b| b.call(bus_schema::Request::Losses, Duration::from_secs(5)))
+    {
+        Some(Ok(bus_schema::Response::Losses(entries))) => entries
+            .iter()
+            .map(|e| {
+                let last = e.ranges.last();
+                serde_json::json!({
+                    "stream": e.stream,
+                    "export": e.export_identifier,
+                    "cause": e.cause.as_str(),
+                    "messages": e.messages,
+                    "ranges": e.ranges.iter().map(|r| serde_json::json!({
+                        "first_sequence_number": r.first_sequence_number,
+                        "last_sequence_number": r.last_sequence_number,
+                        "first_time_ms": r.first_time_ms,
+                        "last_time_ms": r.last_time_ms,
+                    })).collect::<Vec<_>>(),
+                    "forgotten_ranges": e.forgotten_ranges,
+                    "last_range": last.map(|r| format!("{}-{}", r.first_sequence_number, r.last_sequence_number)),
+                    "seconds_since_last": last.map(|r| (now_ms - r.last_time_ms).max(0) / 1000),
+                    "detail": e.detail,
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     serde_json::json!({
         "healthy": problems.is_empty(),
         "problems": problems,
         "processes": procs,
         "streams": streams,
         "exports": exports,
+        "losses": losses,
         "store_error": store_error,
     })
 }
@@ -344,6 +374,32 @@ fn render_status(v: &serde_json::Value) -> String {
                     "seconds_since_last_export",
                     "skipped_messages",
                     "last_error",
+                ],
+            ),
+        ));
+        out.push('\n');
+        let cols = [
+            "LOST FROM STREAM",
+            "EXPORT",
+            "CAUSE",
+            "MESSAGES",
+            "LAST RANGE",
+            "SINCE (s)",
+            "DETAIL",
+        ];
+        out.push_str(&table(
+            &cols,
+            &["MESSAGES", "LAST RANGE", "SINCE (s)"],
+            &rows(
+                "losses",
+                &[
+                    "stream",
+                    "export",
+                    "cause",
+                    "messages",
+                    "last_range",
+                    "seconds_since_last",
+                    "detail",
                 ],
             ),
         ));

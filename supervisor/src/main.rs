@@ -16,6 +16,7 @@
 mod children;
 mod config;
 mod control;
+mod metrics;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -318,6 +319,13 @@ fn run(config: Settings) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let metrics_listener = match metrics::bind(config.metrics, &config.root) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(settings::EXIT_CONFIG);
+        }
+    };
     let json = config.log.format == settings::LogFormat::Json;
     let mut procs: Vec<ChildProc> = PROCESSES
         .iter()
@@ -377,6 +385,9 @@ fn run(config: Settings) -> ExitCode {
         }
     }
     let liveness = Liveness::start(&config.root);
+    if let Some(l) = metrics_listener {
+        metrics::serve(l, shared.clone(), config.root.clone());
+    }
     *shared.procs.lock().unwrap_or_else(|p| p.into_inner()) =
         procs.iter().map(ChildProc::status).collect();
     tracing::info!(

@@ -155,6 +155,7 @@ fn messages(store: &StoreHarness, stream: &str) -> Vec<String> {
             max_count: Some(1000),
             wait_ms: Some(0),
             max_bytes: None,
+            export_identifier: None,
         },
         Duration::from_secs(10),
     );

@@ -297,6 +297,7 @@ fn read_load(c: &BusClient, streams: &[String]) -> Result<(f64, u64)> {
                             max_count: Some(1000),
                             wait_ms: None,
                             max_bytes: None,
+                            export_identifier: None,
                         },
                         TIMEOUT,
                     );

@@ -135,6 +135,7 @@ pub fn long_poll_read(stream: &str) -> Request {
         max_count: None,
         wait_ms: Some(20_000),
         max_bytes: None,
+        export_identifier: None,
     }
 }
 
@@ -219,6 +220,7 @@ pub fn read_all(client: &BusClient, stream: &str) -> Vec<bus_schema::Message> {
                 max_count: Some(1000),
                 wait_ms: None,
                 max_bytes: None,
+                export_identifier: None,
             },
             TIMEOUT,
         ) {
