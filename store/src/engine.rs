@@ -1285,25 +1285,54 @@ impl Engine {
         // What the stream still holds leaves with it: recorded for the
         // stream, and for each export the part it had not exported.
         let now = now_ms();
-        if stream.next > stream.oldest {
+        if stream.next > 0 {
             let last = stream.next - 1;
-            let mut losses = vec![(None, stream.oldest, stream.count_from(stream.oldest))];
+            // (export, cause, first, last, messages)
+            let mut losses = Vec::new();
+            if stream.next > stream.oldest {
+                losses.push((
+                    None,
+                    LossCause::Deleted,
+                    stream.oldest,
+                    last,
+                    stream.count_from(stream.oldest),
+                ));
+            }
             for (_, export) in stream.def.exports.all() {
                 let cursor = stream
                     .cursors
                     .get(&export.identifier)
                     .map_or_else(|| stream.default_status(&export.identifier), Clone::clone)
                     .last_exported_sequence_number;
-                let first = ((cursor + 1).max(0) as u64).max(stream.oldest);
+                let first = (cursor + 1).max(0) as u64;
+                let id = Some(export.identifier.clone());
+                if first < stream.oldest {
+                    // Removed by the storage policy before the exporter
+                    // read them (it never will now).
+                    let cause = self
+                        .ledger
+                        .cause_of(sid, first)
+                        .unwrap_or(LossCause::Overwrite);
+                    losses.push((
+                        id.clone(),
+                        cause,
+                        first,
+                        stream.oldest - 1,
+                        stream.oldest - first,
+                    ));
+                }
+                let first = first.max(stream.oldest);
                 if first <= last {
                     losses.push((
-                        Some(export.identifier.clone()),
+                        id,
+                        LossCause::Deleted,
                         first,
+                        last,
                         stream.count_from(first),
                     ));
                 }
             }
-            for (export, first, messages) in losses {
+            for (export, cause, first, last, messages) in losses {
                 record_loss(
                     &mut self.ledger,
                     &mut batch,
@@ -1311,7 +1340,7 @@ impl Engine {
                         sid,
                         stream: name,
                         export: export.as_deref(),
-                        cause: LossCause::Deleted,
+                        cause,
                         first,
                         last,
                         messages,
@@ -2486,6 +2515,94 @@ mod tests {
         let read = e.read("s", 0, u64::MAX).unwrap();
         let seqs: Vec<i64> = read.iter().map(|m| m.sequence_number).collect();
         assert_eq!(seqs, (900..1000).collect::<Vec<_>>());
+    }
+
+    /// The ledger entry of (stream, export, cause).
+    fn loss<'a>(
+        losses: &'a [LossEntry],
+        stream: &str,
+        export: Option<&str>,
+        cause: LossCause,
+    ) -> Option<&'a LossEntry> {
+        losses.iter().find(|l| {
+            l.stream == stream && l.export_identifier.as_deref() == export && l.cause == cause
+        })
+    }
+
+    #[test]
+    fn the_loss_ledger_records_every_way_out_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::open(dir.path()).unwrap();
+        // Overwrite: 1,000 messages into room for 100.
+        let mut d = exported("s");
+        d.strategy_on_full = Some(StrategyOnFull::OverwriteOldestData);
+        d.max_size_bytes = Some(100 * 132);
+        d.segment_size_bytes = Some(10 * 132);
+        e.create(&d).unwrap();
+        fill(&mut e, "s", 1000);
+        let losses = e.losses();
+        let over = loss(&losses, "s", None, LossCause::Overwrite).expect("overwrite entry");
+        assert_eq!(over.messages, 900);
+        assert_eq!(over.ranges.len(), 1, "adjacent trims merge: {over:?}");
+        assert_eq!(
+            (
+                over.ranges[0].first_sequence_number,
+                over.ranges[0].last_sequence_number
+            ),
+            (0, 899)
+        );
+        // The exporter finds 0..=899 gone and skips 900..=901 as
+        // undeliverable: an entry for the export of each cause.
+        let mut p = progress_to(901);
+        p.skipped_messages_delta = 902;
+        p.removed_messages_delta = 900;
+        p.error_message = Some("2 message(s) over the destination's limit".into());
+        e.commit_export("s", "k", &p).unwrap();
+        let losses = e.losses();
+        let removed = loss(&losses, "s", Some("k"), LossCause::Overwrite).unwrap();
+        assert_eq!(removed.messages, 900);
+        let skipped = loss(&losses, "s", Some("k"), LossCause::Skipped).unwrap();
+        assert_eq!(skipped.messages, 2);
+        assert!(skipped
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("over the destination"));
+        // More removed than skipped is refused and changes nothing.
+        let mut bad = progress_to(950);
+        bad.expected_last_exported_sequence_number = Some(901);
+        bad.removed_messages_delta = 5;
+        assert!(e.commit_export("s", "k", &bad).is_err());
+        assert_eq!(e.losses(), losses);
+        // TTL.
+        let mut t = StreamDefinition::new("t", StrategyOnFull::RejectNewData);
+        t.time_to_live_ms = Some(60_000);
+        t.segment_size_bytes = Some(10 * 132);
+        e.create(&t).unwrap();
+        fill(&mut e, "t", 30);
+        e.expire(now_ms() + 3_600_000).unwrap();
+        let ttl = loss(&e.losses(), "t", None, LossCause::Ttl)
+            .unwrap()
+            .clone();
+        assert_eq!(ttl.messages, 30);
+        // Deleting a stream with a backlog: what its export had not sent.
+        fill(&mut e, "s", 10);
+        e.delete("s").unwrap();
+        let losses = e.losses();
+        let gone = loss(&losses, "s", None, LossCause::Deleted).unwrap();
+        assert_eq!(gone.messages, 100);
+        let unexported = loss(&losses, "s", Some("k"), LossCause::Deleted).unwrap();
+        assert_eq!(unexported.messages, 100, "910..=1009 went with the stream");
+        let overwritten = loss(&losses, "s", Some("k"), LossCause::Overwrite).unwrap();
+        assert_eq!(
+            overwritten.messages, 908,
+            "902..=909 were overwritten unread"
+        );
+        // All of it is durable.
+        e.close().unwrap();
+        drop(e);
+        let e = Engine::open(dir.path()).unwrap();
+        assert_eq!(e.losses(), losses);
     }
 
     #[test]

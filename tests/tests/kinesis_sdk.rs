@@ -16,6 +16,7 @@ fn python_sdk_stream_exports_to_kinesis_through_the_whole_system() {
     let mut sm = Command::new(bin("stream-manager"))
         .env("STREAM_MANAGER_STORE_ROOT_DIR", root.path())
         .env("STREAM_MANAGER_SERVER_PORT", "0")
+        .env("STREAM_MANAGER_METRICS_PORT", "0")
         .env("LOG_LEVEL", "WARN")
         .envs(aws_env(&moto.url()))
         .stdin(Stdio::null())

@@ -46,6 +46,7 @@ impl Running {
         let mut cmd = Command::new(program);
         cmd.env("STREAM_MANAGER_STORE_ROOT_DIR", root.path())
             .env("STREAM_MANAGER_SERVER_PORT", "0")
+            .env("STREAM_MANAGER_METRICS_PORT", "0")
             .env("LOG_LEVEL", "WARN")
             .stdin(Stdio::null())
             .stderr(Stdio::null());

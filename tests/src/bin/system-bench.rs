@@ -52,6 +52,7 @@ fn main() {
     let mut sm = Command::new(bin("stream-manager"))
         .env("STREAM_MANAGER_STORE_ROOT_DIR", root.path())
         .env("STREAM_MANAGER_SERVER_PORT", port.to_string())
+        .env("STREAM_MANAGER_METRICS_PORT", "0")
         .env("LOG_LEVEL", "WARN")
         .stderr(Stdio::null())
         .spawn()

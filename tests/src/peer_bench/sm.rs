@@ -44,6 +44,7 @@ impl Sm {
         let mut cmd = Command::new(&exe);
         cmd.env("STREAM_MANAGER_STORE_ROOT_DIR", &data)
             .env("STREAM_MANAGER_SERVER_PORT", "0")
+            .env("STREAM_MANAGER_METRICS_PORT", "0")
             .env("LOG_LEVEL", "WARN")
             .env("AWS_REGION", "us-east-1");
         let proc = spawn_server(&mut cmd, &root.join("stream-manager.log"))?;
