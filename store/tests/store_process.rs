@@ -326,3 +326,67 @@ fn root_directory_is_owner_only() {
     let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+#[test]
+fn metrics_count_reads_again_for_an_export_and_serve_other_processes_reports() {
+    use bus_schema::metrics::{render, MetricFamily, MetricKind};
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreProcess::start(dir.path());
+    let c = store.client();
+    let mut d = def("s");
+    d.exports.kinesis.push(bus_schema::KinesisConfig {
+        common: bus_schema::ExportCommon {
+            identifier: "k".into(),
+            ..Default::default()
+        },
+        kinesis_stream_name: "x".into(),
+    });
+    create(&c, d);
+    for i in 0..10u8 {
+        append(&c, "s", &[i; 10]).unwrap();
+    }
+    let read = |from: i64, export: Option<&str>| {
+        let r = call(
+            &c,
+            Request::Read {
+                stream: "s".into(),
+                start_sequence_number: Some(from),
+                min_count: Some(1),
+                max_count: Some(100),
+                wait_ms: None,
+                max_bytes: None,
+                export_identifier: export.map(str::to_string),
+            },
+        )
+        .unwrap();
+        assert!(matches!(r, Response::Messages(_)), "{r:?}");
+    };
+    // An exporter reads 0..=9, restarts from its cursor (5) and reads
+    // 5..=9 again; a plain reader's reads do not count.
+    read(0, Some("k"));
+    read(0, None);
+    read(5, Some("k"));
+    let mut report = MetricFamily::new("sm_test_total", "A test counter.", MetricKind::Counter);
+    report.sample(&[("x", "y")], 3.0);
+    let r = call(
+        &c,
+        Request::ReportMetrics {
+            process: "tester".into(),
+            families: vec![report],
+        },
+    )
+    .unwrap();
+    assert!(matches!(r, Response::Reported), "{r:?}");
+    let Response::Metrics(families) = call(&c, Request::Metrics).unwrap() else {
+        panic!()
+    };
+    let text = render(&families);
+    for line in [
+        "sm_export_records_resent_total{stream=\"s\",export=\"k\"} 5\n",
+        "sm_export_lag_messages{stream=\"s\",export=\"k\"} 10\n",
+        "sm_stream_messages{stream=\"s\"} 10\n",
+        "sm_test_total{x=\"y\"} 3\n",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+}
