@@ -294,6 +294,11 @@ pub enum Request {
         epoch: u64,
         after: u64,
         wait_ms: i64,
+        /// When set, `Appended` events of streams without an export of this
+        /// kind are left out, and do not end the wait (an exporter is woken
+        /// only by data it may have to send). Other events always come.
+        #[serde(default)]
+        appended_for: Option<ExportKind>,
     },
     /// Ask for `bytes` of the exporters' shared upload budget
     /// (`STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH`). Answered with `Granted` when

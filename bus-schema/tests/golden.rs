@@ -190,6 +190,7 @@ fn requests() -> Vec<(String, Vec<u8>, RequestEnvelope)> {
                 epoch: 77,
                 after: 12,
                 wait_ms: 30_000,
+                appended_for: Some(ExportKind::Kinesis),
             },
         ),
         req(

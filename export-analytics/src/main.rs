@@ -106,6 +106,10 @@ impl Analytics {
 impl Destination for Analytics {
     type Target = Channel;
 
+    fn kind(&self) -> bus_schema::ExportKind {
+        bus_schema::ExportKind::IotAnalytics
+    }
+
     fn exports(&self, def: &StreamDefinition) -> Vec<(ExportCommon, Channel)> {
         def.exports
             .iot_analytics

@@ -35,6 +35,10 @@ struct Kinesis {
 impl Destination for Kinesis {
     type Target = String;
 
+    fn kind(&self) -> bus_schema::ExportKind {
+        bus_schema::ExportKind::Kinesis
+    }
+
     fn exports(&self, def: &StreamDefinition) -> Vec<(ExportCommon, String)> {
         def.exports
             .kinesis

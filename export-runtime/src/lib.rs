@@ -196,6 +196,9 @@ pub trait Destination: Send + Sync + 'static {
     type Target: Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static;
     /// The exports of this destination's kind in a stream definition.
     fn exports(&self, def: &StreamDefinition) -> Vec<(ExportCommon, Self::Target)>;
+    /// The kind of export this destination serves: the process is woken
+    /// only by appends to streams with an export of this kind.
+    fn kind(&self) -> bus_schema::ExportKind;
     fn limits(&self) -> Limits;
     /// Size of one record as the destination's limits count it.
     fn record_size(&self, payload: &[u8]) -> usize {
@@ -416,7 +419,7 @@ impl<D: Destination> Runtime<D> {
             }
             let batch = tokio::select! {
                 _ = &mut stop => break,
-                b = self.shared.store.watch(epoch, after, WATCH_WAIT_MS) => b,
+                b = self.shared.store.watch(epoch, after, WATCH_WAIT_MS, Some(self.shared.dest.kind())) => b,
             };
             let batch = match batch {
                 Ok(b) => b,

@@ -110,11 +110,13 @@ impl Store {
         epoch: u64,
         after: u64,
         wait_ms: i64,
+        appended_for: Option<bus_schema::ExportKind>,
     ) -> Result<EventBatch, StoreError> {
         let req = Request::WatchEvents {
             epoch,
             after,
             wait_ms,
+            appended_for,
         };
         let timeout = STORE_CALL_TIMEOUT + Duration::from_millis(wait_ms.max(0) as u64);
         match self.call(req, timeout).await? {

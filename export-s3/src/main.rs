@@ -445,6 +445,10 @@ impl S3 {
 impl Destination for S3 {
     type Target = Target;
 
+    fn kind(&self) -> bus_schema::ExportKind {
+        bus_schema::ExportKind::S3TaskExecutor
+    }
+
     fn exports(&self, def: &StreamDefinition) -> Vec<(ExportCommon, Target)> {
         def.exports
             .s3_task_executor

@@ -114,6 +114,10 @@ fn entry_outcome(errors: Option<Vec<(String, String)>>) -> Outcome {
 impl Destination for SiteWise {
     type Target = ();
 
+    fn kind(&self) -> bus_schema::ExportKind {
+        bus_schema::ExportKind::IotSiteWise
+    }
+
     fn exports(&self, def: &StreamDefinition) -> Vec<(ExportCommon, ())> {
         def.exports
             .iot_sitewise

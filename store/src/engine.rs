@@ -997,6 +997,13 @@ impl Engine {
         self.streams.contains_key(name)
     }
 
+    /// Whether stream `name` has an export of `kind` (enabled or not).
+    pub fn has_export_of(&self, name: &str, kind: bus_schema::ExportKind) -> bool {
+        self.streams
+            .get(name)
+            .is_some_and(|s| s.def.exports.all().iter().any(|(k, _)| *k == kind))
+    }
+
     pub fn describe(&self, name: &str) -> Result<StreamInfo, EngineError> {
         self.streams
             .get(name)

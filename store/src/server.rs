@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bus::{BusServer, Incoming, PeerId};
 use bus_schema::{
-    ErrorKind, ErrorReply, Event, EventBatch, HealthInfo, Request, Response, ResponseEnvelope,
-    BUS_PROTOCOL_VERSION, READ_MESSAGES_MAX, READ_RESPONSE_BYTES_TARGET,
+    ErrorKind, ErrorReply, Event, EventBatch, ExportKind, HealthInfo, Request, Response,
+    ResponseEnvelope, BUS_PROTOCOL_VERSION, READ_MESSAGES_MAX, READ_RESPONSE_BYTES_TARGET,
 };
 
 use crate::bandwidth::Budget;
@@ -67,8 +67,11 @@ struct WaitingRead {
 struct Watcher {
     peer: PeerId,
     id: u64,
+    /// Events up to here are seen (or were of no interest to it).
     after: u64,
     deadline: Instant,
+    /// Only `Appended` events of streams with an export of this kind.
+    appended_for: Option<ExportKind>,
 }
 
 struct EventLog {
@@ -90,9 +93,10 @@ impl EventLog {
         self.events.push_back(e);
     }
     /// Events after position `after` (the last position the watcher has
-    /// seen; 0 = none) for a watcher that knows `epoch`. The batch's `next`
-    /// is the last position it covers: the `after` of the next call.
-    fn since(&self, epoch: u64, after: u64) -> EventBatch {
+    /// seen; 0 = none) for a watcher that knows `epoch`, those `keep`
+    /// accepts. The batch's `next` is the last position it covers: the
+    /// `after` of the next call.
+    fn since(&self, epoch: u64, after: u64, keep: impl Fn(&Event) -> bool) -> EventBatch {
         let last = self.next() - 1;
         if epoch != self.epoch || after.saturating_add(1) < self.first || after > last {
             return EventBatch {
@@ -107,7 +111,13 @@ impl EventLog {
             epoch: self.epoch,
             next: last,
             resync: false,
-            events: self.events.iter().skip(skip).cloned().collect(),
+            events: self
+                .events
+                .iter()
+                .skip(skip)
+                .filter(|e| keep(e))
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -131,6 +141,14 @@ pub struct StoreServer {
     read_high: HashMap<(String, String), (u64, u64)>,
     /// The latest metrics each process reported, with when.
     reports: HashMap<String, (Instant, Vec<MetricFamily>)>,
+}
+
+/// Whether a watcher that asked for `appended_for` wants event `e`.
+fn wanted(engine: &Engine, appended_for: Option<ExportKind>, e: &Event) -> bool {
+    match (appended_for, e) {
+        (Some(kind), Event::Appended { name, .. }) => engine.has_export_of(name, kind),
+        _ => true,
+    }
 }
 
 /// Processes whose metrics reports are kept (the system has six).
@@ -516,8 +534,12 @@ impl StoreServer {
                 epoch,
                 after,
                 wait_ms,
+                appended_for,
             } => {
-                let batch = self.log.since(epoch, after);
+                let engine = &self.engine;
+                let batch = self
+                    .log
+                    .since(epoch, after, |e| wanted(engine, appended_for, e));
                 if batch.resync || !batch.events.is_empty() || wait_ms <= 0 {
                     Response::Events(batch)
                 } else if self.watchers.len() >= WATCHERS_MAX {
@@ -531,8 +553,10 @@ impl StoreServer {
                     self.watchers.push(Watcher {
                         peer: peer.clone(),
                         id,
-                        after,
+                        // Nothing up to here is of interest to it.
+                        after: batch.next,
                         deadline,
+                        appended_for,
                     });
                     return None;
                 }
@@ -834,16 +858,31 @@ impl StoreServer {
         let next = self.log.next();
         let epoch = self.log.epoch;
         let mut keep = Vec::new();
-        for w in std::mem::take(&mut self.watchers) {
+        let mut answers = Vec::new();
+        for mut w in std::mem::take(&mut self.watchers) {
             let has_events = w.after.saturating_add(1) < next;
-            if (has_events && !expire_only) || w.deadline <= now {
-                let batch = self.log.since(epoch, w.after);
-                self.reply(&w.peer, w.id, Response::Events(batch));
+            let due = w.deadline <= now;
+            if !(due || has_events && !expire_only) {
+                keep.push(w);
+                continue;
+            }
+            // Only this round's events are looked at: a watcher's position
+            // moves past the events of no interest to it.
+            let engine = &self.engine;
+            let batch = self
+                .log
+                .since(epoch, w.after, |e| wanted(engine, w.appended_for, e));
+            if batch.resync || !batch.events.is_empty() || due {
+                answers.push((w.peer, w.id, batch));
             } else {
+                w.after = batch.next;
                 keep.push(w);
             }
         }
         self.watchers = keep;
+        for (peer, id, batch) in answers {
+            self.reply(&peer, id, Response::Events(batch));
+        }
     }
 
     /// Answers waiting reads and watchers whose deadline has come.

@@ -130,6 +130,7 @@ fn watchers_see_definition_and_data_events() {
             epoch: 0,
             after: 0,
             wait_ms: 0,
+            appended_for: None,
         },
     )
     .unwrap() else {
@@ -144,6 +145,7 @@ fn watchers_see_definition_and_data_events() {
                 epoch,
                 after,
                 wait_ms: 5000,
+                appended_for: None,
             },
             TIMEOUT,
         )
@@ -162,6 +164,7 @@ fn watchers_see_definition_and_data_events() {
             epoch,
             after: b.next,
             wait_ms: 1000,
+            appended_for: None,
         },
     )
     .unwrap() else {
@@ -389,4 +392,84 @@ fn metrics_count_reads_again_for_an_export_and_serve_other_processes_reports() {
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }
+}
+
+#[test]
+fn a_watcher_for_one_export_kind_is_not_woken_by_other_streams_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreProcess::start(dir.path());
+    let c = store.client();
+    create(&c, def("plain"));
+    let mut d = def("exported");
+    d.exports.kinesis.push(bus_schema::KinesisConfig {
+        common: bus_schema::ExportCommon {
+            identifier: "k".into(),
+            ..Default::default()
+        },
+        kinesis_stream_name: "x".into(),
+    });
+    create(&c, d);
+    let watch = |after: u64, wait_ms: i64| {
+        let started = Instant::now();
+        let Ok(Response::Events(b)) = c.call(
+            Request::WatchEvents {
+                epoch: 0,
+                after,
+                wait_ms,
+                appended_for: Some(bus_schema::ExportKind::Kinesis),
+            },
+            TIMEOUT,
+        ) else {
+            panic!()
+        };
+        (b, started.elapsed())
+    };
+    let (first, _) = watch(0, 0);
+    let epoch = first.epoch;
+    let watch = |after: u64, wait_ms: i64| {
+        let w = c.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let Ok(Response::Events(b)) = w.call(
+                Request::WatchEvents {
+                    epoch,
+                    after,
+                    wait_ms,
+                    appended_for: Some(bus_schema::ExportKind::Kinesis),
+                },
+                TIMEOUT,
+            ) else {
+                panic!()
+            };
+            (b, started.elapsed())
+        })
+    };
+    // Appends to the stream without a Kinesis export: the watcher sleeps to
+    // its deadline, then learns the position moved, with no event.
+    let t = watch(first.next, 800);
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..20 {
+        append(&c, "plain", b"x").unwrap();
+    }
+    let (b, waited) = t.join().unwrap();
+    assert!(b.events.is_empty(), "{:?}", b.events);
+    assert!(b.next > first.next, "the position moves past them");
+    assert!(
+        waited >= Duration::from_millis(700),
+        "woken after {waited:?}"
+    );
+    // An append to the exported stream wakes it at once.
+    let t = watch(b.next, 5000);
+    std::thread::sleep(Duration::from_millis(100));
+    append(&c, "plain", b"y").unwrap();
+    append(&c, "exported", b"z").unwrap();
+    let (b2, waited) = t.join().unwrap();
+    assert_eq!(
+        b2.events,
+        vec![Event::Appended {
+            name: "exported".into(),
+            newest_sequence_number: 0
+        }]
+    );
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
 }

@@ -1,8 +1,15 @@
 //! `export-bench`: how fast each exporter drains a backlog, against the
 //! capacity of the endpoint it drains into, measured in the same run. Use a
 //! release build:
-//! `cargo build --release --workspace --bins && ./target/release/export-bench [kinesis|sitewise|analytics|s3|all] [--records N]`
+//! `cargo build --release --workspace --bins && ./target/release/export-bench [kinesis|sitewise|analytics|s3|all|idle] [--records N] [--seconds S]`
 //! (for `s3`, N is the file size in bytes, default 1 GiB).
+//!
+//! `idle` (not part of `all`): what the four exporters cost when no stream
+//! has an export, under the full append load of `scripts/bench` (the whole
+//! system as `stream-manager` starts it, 8 connections x 64 appends of 1 KiB
+//! in flight into 10 streams, S seconds measured after 2 s, default 20):
+//! the CPU of every process, and the exporters' together against the goal
+//! of 0.5% of one core.
 //!
 //! For each destination:
 //! 1. Starts its local endpoint in this process (Kinesis: `fast_kinesis`,
@@ -753,6 +760,16 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .map_or("all", String::as_str);
     let all = which == "all";
+    if which == "idle" {
+        let seconds = args
+            .iter()
+            .position(|a| a == "--seconds")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20.0);
+        idle(seconds);
+        return;
+    }
     if all || which == "kinesis" {
         run("Kinesis", &Kinesis::new(), records.unwrap_or(1_000_000));
     }
@@ -769,4 +786,68 @@ fn main() {
             records.unwrap_or(200_000),
         );
     }
+}
+
+/// Goal: the four exporters together, with no export defined, under a full
+/// append load, use at most this share of one core.
+const IDLE_EXPORTERS_CORE_MAX: f64 = 0.005;
+
+/// `export-bench idle`.
+fn idle(seconds: f64) {
+    use stream_manager_tests::peer_bench::{run_leg, sm::Sm, Workload};
+    let w = Workload::full(seconds);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin_dir = std::env::current_exe()
+        .expect("current exe")
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = rt.block_on(async {
+        let sm = Sm::start(&bin_dir, dir.path(), &w, false).await?;
+        let r = run_leg(&sm, &w, sm.pids.clone(), false).await;
+        sm.stop();
+        r
+    });
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("export-bench idle: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "Idle exporters: no export defined, {} appends/s of {} B sustained for {seconds} s\n",
+        r.appends_per_s.round(),
+        w.payload
+    );
+    println!(
+        "| process | CPU (% of one core) | CPU per append (µs) | peak RSS (MiB) |\n|---|---|---|---|"
+    );
+    let mut exporters = 0.0;
+    for p in &r.procs {
+        if p.name.starts_with("export-") {
+            exporters += p.cores;
+        }
+        println!(
+            "| {} | {:.2} | {:.3} | {:.1} |",
+            p.name,
+            p.cores * 100.0,
+            p.us_per_append,
+            p.peak_rss_kib as f64 / 1024.0
+        );
+    }
+    println!(
+        "\nthe four exporters together: {:.3}% of one core (goal ≤ {:.1}%: {})",
+        exporters * 100.0,
+        IDLE_EXPORTERS_CORE_MAX * 100.0,
+        if exporters <= IDLE_EXPORTERS_CORE_MAX {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
 }
