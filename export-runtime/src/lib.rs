@@ -48,6 +48,23 @@ pub const RETRY_DELAY_FIRST: Duration = Duration::from_millis(200);
 /// Longest delay between two attempts (the AWS stream manager documents
 /// "up to 5 minutes"; a shorter cap drains sooner after an outage).
 pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(60);
+/// Longest wait before retrying a call that failed because the endpoint
+/// could not be reached (connection refused or broken, DNS, a timeout):
+/// such an attempt costs the endpoint nothing, and it is what notices the
+/// link coming back, so a backlog moves again within about 5 s (with
+/// jitter) of the endpoint being reachable, whatever the outage's length.
+/// Throttling and every other answer from the endpoint keep the full
+/// backoff (up to [`RETRY_DELAY_MAX`]).
+pub const UNREACHABLE_RETRY_DELAY_MAX: Duration = Duration::from_secs(4);
+
+/// How long to wait after a failed attempt, given the backoff's next delay
+/// and the failure.
+pub fn retry_delay(next: Duration, reason: &str) -> Duration {
+    match metrics::error_class(reason) {
+        "connection" | "timeout" => next.min(UNREACHABLE_RETRY_DELAY_MAX.mul_f64(1.25)),
+        _ => next,
+    }
+}
 /// How long a stopping exporter lets in-flight uploads finish and commit
 /// (the supervisor waits 5 s before it kills).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
@@ -209,6 +226,17 @@ pub trait Destination: Send + Sync + 'static {
     fn cancelled<'a>(
         &'a self,
         _export: &'a Export<Self::Target>,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        async {}
+    }
+    /// Messages `first .. first + count` of the export's stream were removed
+    /// by its storage policy (overwrite, TTL) before they could be sent;
+    /// the loss is counted and recorded by the store. Default: nothing.
+    fn removed<'a>(
+        &'a self,
+        _export: &'a Export<Self::Target>,
+        _first: i64,
+        _count: i64,
     ) -> impl Future<Output = ()> + Send + 'a {
         async {}
     }
@@ -953,6 +981,9 @@ impl<D: Destination> ExportWorker<D> {
                     .last()
                     .map_or(self.cursor, |m| m.sequence_number);
                 let removed = batch.removed;
+                if let Some((first, count)) = removed {
+                    self.shared.dest.removed(&self.export, first, count).await;
+                }
                 let Some(mut sent) = self.send_all(batch.messages).await else {
                     break End::Stop; // stopping: the batch is sent again after a restart
                 };
@@ -1093,8 +1124,9 @@ impl<D: Destination> ExportWorker<D> {
                     "export attempt failed; retrying"
                 );
                 m.failed(stream, id, &reason);
+                let delay = retry_delay(backoff.next_delay(), &reason);
                 self.record_error(reason).await;
-                if let Wake::Stop = self.pause(backoff.next_delay()).await {
+                if let Wake::Stop = self.pause(delay).await {
                     return None;
                 }
             }
@@ -1303,6 +1335,27 @@ fn skipped_message(skipped: &[(i64, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreachable_endpoint_is_retried_soon_a_throttling_one_backs_off() {
+        let long = RETRY_DELAY_MAX;
+        for reason in [
+            "dispatch failure: io error: Connection refused (os error 111)",
+            "the call timed out after 30s",
+        ] {
+            assert!(
+                retry_delay(long, reason) <= Duration::from_secs(5),
+                "{reason}"
+            );
+        }
+        for reason in [
+            "ProvisionedThroughputExceededException: Rate exceeded for shard",
+            "InternalFailure: 500",
+            "AccessDeniedException",
+        ] {
+            assert_eq!(retry_delay(long, reason), long, "{reason}");
+        }
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {

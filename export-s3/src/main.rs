@@ -46,6 +46,9 @@ use tokio::io::AsyncReadExt;
 
 /// Default `sizeThresholdForMultipartUploadBytes`, and the smallest part.
 pub const MULTIPART_BYTES_MIN: u64 = 5 * 1024 * 1024;
+/// Tasks removed before their turn that get a status message each; the rest
+/// of one gap share one message.
+pub const REMOVED_TASKS_REPORTED_MAX: i64 = 100;
 /// S3 takes at most this many parts per upload.
 pub const PARTS_MAX: u64 = 10_000;
 /// Largest task message (a JSON task definition).
@@ -185,16 +188,22 @@ impl S3 {
         if lvl > *wanted {
             return;
         }
+        let mut context = json!({
+            "exportIdentifier": export.identifier,
+            "streamName": export.stream,
+            "sequenceNumber": seq,
+        });
+        // Absent rather than null when there is none (a task that is not
+        // JSON, or one removed before it ran): the SDKs' model cannot read
+        // a null task definition.
+        if !definition.is_null() {
+            context["s3ExportTaskDefinition"] = definition.clone();
+        }
         let body = json!({
             "eventType": 0,
             "statusLevel": lvl,
             "status": status,
-            "statusContext": {
-                "s3ExportTaskDefinition": definition,
-                "exportIdentifier": export.identifier,
-                "streamName": export.stream,
-                "sequenceNumber": seq,
-            },
+            "statusContext": context,
             "message": message,
             "timestampEpochMs": export_runtime::unix_ms(),
         });
@@ -497,6 +506,41 @@ impl Destination for S3 {
             "the export or its stream was deleted",
         )
         .await;
+    }
+
+    /// Tasks removed by the stream's storage policy before their turn never
+    /// run: each gets a Canceled status saying so (their definitions are
+    /// gone with them), up to [`REMOVED_TASKS_REPORTED_MAX`] per gap, then
+    /// one message for the rest.
+    async fn removed(&self, export: &Export<Target>, first: i64, count: i64) {
+        let why =
+            "the task was removed by the stream's storage policy (overwrite or TTL) before it ran";
+        let shown = count.min(REMOVED_TASKS_REPORTED_MAX);
+        for seq in first..first + shown {
+            self.report(
+                export,
+                seq,
+                &Value::Null,
+                (status::CANCELED, level::WARN),
+                why,
+            )
+            .await;
+        }
+        if count > shown {
+            self.report(
+                export,
+                first + shown,
+                &Value::Null,
+                (status::CANCELED, level::WARN),
+                &format!(
+                    "{} more tasks, sequence numbers {} to {}: {why}",
+                    count - shown,
+                    first + shown,
+                    first + count - 1
+                ),
+            )
+            .await;
+        }
     }
 
     async fn send(&self, export: &Export<Target>, records: &[Message]) -> BatchResult {

@@ -333,6 +333,38 @@ fn endpoint_down_for_20_s_then_the_backlog_drains() {
 }
 
 #[test]
+fn after_a_3_minute_outage_the_backlog_moves_within_10_s_of_the_endpoint_returning() {
+    let s = Setup::new(&[], true);
+    s.kinesis.create_stream("k-long", 1);
+    s.store
+        .create(definition("long", vec![export("k", "k-long")]));
+    let proxy = s.proxy.as_ref().unwrap();
+    proxy.go_down();
+    let expected: Vec<Vec<u8>> = (0..50).map(payload).collect();
+    for p in &expected {
+        s.store.append("long", p.clone());
+    }
+    // Long enough for an uncapped backoff to reach its 60 s ceiling.
+    std::thread::sleep(Duration::from_secs(180));
+    assert_eq!(
+        s.store
+            .export_status("long", "k")
+            .last_exported_sequence_number,
+        -1
+    );
+    proxy.come_back();
+    let back = Instant::now();
+    s.store.wait_exported("long", "k", 49, WAIT);
+    let moved = back.elapsed();
+    assert!(
+        moved < Duration::from_secs(10),
+        "the backlog moved {moved:?} after the endpoint came back"
+    );
+    let got = s.kinesis.read_all("k-long");
+    assert_eq!(assert_all_delivered(&got, &expected), 0);
+}
+
+#[test]
 fn kill_9_mid_export_loses_nothing() {
     let mut s = Setup::new(&[], true);
     s.kinesis.create_stream("k-kill", 1);

@@ -469,3 +469,50 @@ fn a_task_in_progress_is_canceled_when_its_stream_is_deleted() {
     assert_eq!(canceled["key"], "big.bin");
     assert!(!decoded.iter().any(|d| d["status"] == "Success"));
 }
+
+#[test]
+fn tasks_removed_by_overwrite_before_their_turn_are_reported_canceled() {
+    let s = Setup::new(false);
+    s.s3.create_bucket("bucket-gone");
+    s.store.create(StreamDefinition::new(
+        "gone-status",
+        StrategyOnFull::RejectNewData,
+    ));
+    // A small overwriting stream whose export waits (disabled) while 60
+    // tasks arrive: about half are overwritten before they can run.
+    let mut d = task_stream("gone", Some("gone-status"));
+    d.strategy_on_full = Some(StrategyOnFull::OverwriteOldestData);
+    d.max_size_bytes = Some(4096);
+    d.segment_size_bytes = Some(1024);
+    d.exports.s3_task_executor[0].common.disabled = Some(true);
+    s.store.create(d.clone());
+    let (file, _) = file_of(s.files.path(), "gone.bin", 1000);
+    for i in 0..60 {
+        s.store.append(
+            "gone",
+            task(&file, "bucket-gone", &format!("k{i}"), Value::Null),
+        );
+    }
+    let info = s.store.describe("gone");
+    let oldest = info.storage.oldest_sequence_number;
+    assert!(oldest > 0, "nothing was overwritten: {info:?}");
+    d.exports.s3_task_executor[0].common.disabled = Some(false);
+    s.store.update(d);
+    s.store.wait_exported("gone", "s3", 59, WAIT);
+    // The tasks still held ran; each removed one has a Canceled status.
+    assert_eq!(s.s3.keys("bucket-gone").len(), (60 - oldest) as usize);
+    let decoded = decode_with_sdk(&messages(&s.store, "gone-status"));
+    let canceled: Vec<i64> = decoded
+        .iter()
+        .filter(|m| m["status"] == "Canceled")
+        .map(|m| m["sequence_number"].as_i64().unwrap())
+        .collect();
+    assert_eq!(canceled, (0..oldest).collect::<Vec<_>>(), "{decoded:#?}");
+    assert!(decoded
+        .iter()
+        .filter(|m| m["status"] == "Canceled")
+        .all(|m| m["message"]
+            .as_str()
+            .unwrap()
+            .contains("removed by the stream's storage policy")));
+}
