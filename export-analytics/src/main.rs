@@ -18,8 +18,17 @@
 use aws_sdk_iotanalytics::primitives::Blob;
 use aws_sdk_iotanalytics::types::Message as ChannelMessage;
 use bus_schema::{ExportCommon, Message, StreamDefinition};
-use export_runtime::aws::{describe_call_error, is_permanent_entry_code};
-use export_runtime::{send_parsed, BatchResult, Call, Destination, Export, Limits, Outcome};
+use export_runtime::aws::{
+    describe_call_error, is_permanent_entry_code, watched, ProgressTracking, Watch, CALL_DEADLINE,
+};
+use export_runtime::{
+    base64_len, send_parsed, BatchResult, Call, Destination, Export, Limits, Outcome,
+    REQUEST_HEAD_BYTES,
+};
+
+/// JSON around one message of a BatchPutMessage request, its message id
+/// included (`{"messageId":"<prefix + 16 hex>","payload":""},`).
+const MESSAGE_JSON_BYTES: usize = 64;
 
 /// `BatchPutMessage` takes at most this many messages.
 pub const MESSAGES_PER_CALL_MAX: usize = 100;
@@ -50,7 +59,11 @@ impl Analytics {
         let client = self
             .client
             .get_or_init(|| async {
-                aws_sdk_iotanalytics::Client::new(&export_runtime::aws::sdk_config().await)
+                let shared = export_runtime::aws::sdk_config().await;
+                let config = aws_sdk_iotanalytics::config::Builder::from(&shared)
+                    .interceptor(ProgressTracking)
+                    .build();
+                aws_sdk_iotanalytics::Client::from_conf(config)
             })
             .await;
         let ids: Vec<String> = messages
@@ -61,8 +74,13 @@ impl Analytics {
             .batch_put_message()
             .channel_name(channel)
             .set_messages(Some(messages))
-            .send()
-            .await;
+            .send();
+        let what = format!("BatchPutMessage to {channel:?}");
+        let r = match watched(r, Some(CALL_DEADLINE)).await {
+            Ok(r) => r,
+            Err(w @ Watch::Deadline { .. }) => return Call::TooSlow(w.describe(&what)),
+            Err(w) => return Call::Failed(w.describe(&what)),
+        };
         match r {
             Ok(out) => Call::Answered(
                 ids.iter()
@@ -90,7 +108,7 @@ impl Analytics {
                     .collect(),
             ),
             Err(e) => {
-                let why = describe_call_error(&format!("BatchPutMessage to {channel:?}"), &e);
+                let why = describe_call_error(&what, &e);
                 if aws_sdk_iotanalytics::error::ProvideErrorMetadata::code(&e)
                     == Some("InvalidRequestException")
                 {
@@ -108,6 +126,16 @@ impl Destination for Analytics {
 
     fn kind(&self) -> bus_schema::ExportKind {
         bus_schema::ExportKind::IotAnalytics
+    }
+
+    /// BatchPutMessage is JSON: each payload in base64 with its message id
+    /// and the field names around them.
+    fn wire_bytes(&self, records: &[Message]) -> usize {
+        records
+            .iter()
+            .map(|m| base64_len(m.payload.len()) + MESSAGE_JSON_BYTES)
+            .sum::<usize>()
+            + REQUEST_HEAD_BYTES
     }
 
     fn exports(&self, def: &StreamDefinition) -> Vec<(ExportCommon, Channel)> {

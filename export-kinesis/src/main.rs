@@ -14,8 +14,10 @@
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use bus_schema::{ExportCommon, Message, StreamDefinition};
-use export_runtime::aws::describe_call_error;
-use export_runtime::{BatchResult, Destination, Export, Limits, Outcome};
+use export_runtime::aws::{describe_call_error, watched, ProgressTracking, CALL_DEADLINE};
+use export_runtime::{
+    base64_len, BatchResult, Destination, Export, Limits, Outcome, REQUEST_HEAD_BYTES,
+};
 
 /// `PutRecords` takes at most this many records.
 pub const RECORDS_PER_CALL_MAX: usize = 500;
@@ -25,6 +27,9 @@ pub const BYTES_PER_CALL_MAX: usize = 5 * 1024 * 1024;
 pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
 /// A UUID in text form: the partition key of every record.
 pub const PARTITION_KEY_BYTES: usize = 36;
+/// JSON around one record of a PutRecords request
+/// (`{"Data":"","PartitionKey":""},`).
+pub const RECORD_JSON_BYTES: usize = 32;
 
 /// The client is made when the first batch goes out: an exporter with no
 /// Kinesis export to serve stays small (no TLS stack, no AWS configuration).
@@ -59,6 +64,16 @@ impl Destination for Kinesis {
         payload.len() + PARTITION_KEY_BYTES
     }
 
+    /// PutRecords is JSON: each record's data in base64, with its partition
+    /// key and the field names around them.
+    fn wire_bytes(&self, records: &[Message]) -> usize {
+        records
+            .iter()
+            .map(|m| base64_len(m.payload.len()) + PARTITION_KEY_BYTES + RECORD_JSON_BYTES)
+            .sum::<usize>()
+            + REQUEST_HEAD_BYTES
+    }
+
     async fn send(&self, export: &Export<String>, records: &[Message]) -> BatchResult {
         let entries = records
             .iter()
@@ -79,8 +94,12 @@ impl Destination for Kinesis {
             .put_records()
             .stream_name(&export.target)
             .set_records(Some(entries))
-            .send()
-            .await;
+            .send();
+        let what = format!("PutRecords to {:?}", export.target);
+        let call = match watched(call, Some(CALL_DEADLINE)).await {
+            Ok(call) => call,
+            Err(w) => return w.batch_result(&what),
+        };
         match call {
             Ok(out) => BatchResult::PerRecord(
                 out.records()
@@ -99,16 +118,17 @@ impl Destination for Kinesis {
             // Whole-call failures (throttling, 5xx, timeouts, connection
             // loss, a missing stream, bad credentials or stream name) never
             // drop data: the records wait until the cause is gone.
-            Err(e) => BatchResult::RetryAll(describe_call_error(
-                &format!("PutRecords to {:?}", export.target),
-                &e,
-            )),
+            Err(e) => BatchResult::RetryAll(describe_call_error(&what, &e)),
         }
     }
 }
 
 async fn client() -> aws_sdk_kinesis::Client {
-    aws_sdk_kinesis::Client::new(&export_runtime::aws::sdk_config().await)
+    let shared = export_runtime::aws::sdk_config().await;
+    let config = aws_sdk_kinesis::config::Builder::from(&shared)
+        .interceptor(ProgressTracking)
+        .build();
+    aws_sdk_kinesis::Client::from_conf(config)
 }
 
 fn main() -> std::process::ExitCode {

@@ -43,6 +43,16 @@ pub use bus::unix_ms;
 pub use gate::{GatePermit, PriorityGate};
 use store::{Store, StoreError, WATCH_WAIT_MS};
 
+/// What a signed AWS request adds to its body on the wire: the request line
+/// and headers (authorization, dates, user agent, content type and length,
+/// host), bytes, as measured at a proxy in front of moto (1.2–1.4 KB).
+pub const REQUEST_HEAD_BYTES: usize = 1400;
+
+/// Base64 of `n` bytes, as JSON protocols carry binary data.
+pub fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
+
 /// First delay after a failure.
 pub const RETRY_DELAY_FIRST: Duration = Duration::from_millis(200);
 /// Longest delay between two attempts (the AWS stream manager documents
@@ -101,6 +111,10 @@ pub enum BatchResult {
     /// Nothing was accepted (throttled, unavailable, timed out, connection
     /// lost, misconfigured): send the whole batch again after a backoff.
     RetryAll(String),
+    /// The call was given up at its deadline while still moving (the link
+    /// is slower than the batch needs): the export sends half as many bytes
+    /// per call from now on, growing back as calls succeed.
+    TooSlow(String),
 }
 
 /// What one call to a destination came to (for [`send_parsed`]).
@@ -111,6 +125,8 @@ pub enum Call {
     Invalid(String),
     /// The whole call failed in a way that may pass later.
     Failed(String),
+    /// The call was given up at its deadline: see [`BatchResult::TooSlow`].
+    TooSlow(String),
 }
 
 /// Sends the records of a batch that could be turned into the service's
@@ -146,6 +162,7 @@ where
                 ))
             }
             Call::Failed(why) => return BatchResult::RetryAll(why),
+            Call::TooSlow(why) => return BatchResult::TooSlow(why),
             Call::Invalid(why) if items.len() == 1 => vec![Outcome::Reject(why)],
             Call::Invalid(_) => {
                 let mut alone = Vec::with_capacity(items.len());
@@ -156,7 +173,7 @@ where
                             Outcome::Retry("the service answered no result".into())
                         }
                         Call::Invalid(why) => Outcome::Reject(why),
-                        Call::Failed(why) => Outcome::Retry(why),
+                        Call::Failed(why) | Call::TooSlow(why) => Outcome::Retry(why),
                     });
                 }
                 alone
@@ -220,6 +237,16 @@ pub trait Destination: Send + Sync + 'static {
     /// Size of one record as the destination's limits count it.
     fn record_size(&self, payload: &[u8]) -> usize {
         payload.len()
+    }
+    /// Bytes a call carrying `records` puts on the wire (request line,
+    /// headers and body as encoded), which the bandwidth cap is charged.
+    /// Default: the records' sizes plus [`REQUEST_HEAD_BYTES`].
+    fn wire_bytes(&self, records: &[Message]) -> usize {
+        records
+            .iter()
+            .map(|m| self.record_size(&m.payload))
+            .sum::<usize>()
+            + REQUEST_HEAD_BYTES
     }
     /// The export was deleted (or its stream was) while it may have had
     /// work in progress; its worker has been stopped. Default: nothing.
@@ -645,6 +672,7 @@ impl<D: Destination> Runtime<D> {
                 cursor,
                 newest: newest_rx,
                 recorded_error: None,
+                call_bytes: self.shared.dest.limits().bytes_per_call,
             };
             let join = tokio::spawn(worker.run());
             self.tasks.insert(
@@ -766,11 +794,14 @@ impl<D: Destination> Reader<D> {
             let Ok(slot) = self.tx.reserve().await else {
                 return;
             };
-            // The destination counts a per-record overhead (Kinesis: the
-            // partition key) on top of the payload the store measures.
+            // Payload bytes, as the store counts them. The destination
+            // counts a per-record overhead on top (Kinesis: the partition
+            // key): the worker splits a batch into calls within the
+            // destination's limits by its own count. (Subtracting a full
+            // batch's overhead here made batches of one record under a
+            // small bandwidth cap: 500 keys are more than 12 kB.)
             let batch_size = shared.batch_size(&self.export);
-            let overhead = shared.dest.record_size(&[]).saturating_mul(batch_size);
-            let mut max_bytes = shared.batch_bytes().saturating_sub(overhead).max(1);
+            let mut max_bytes = shared.batch_bytes();
             // Batch memory: take what the batch may need if it is free now;
             // otherwise wait for a small share (a large request waiting at the
             // head of the queue would hold back every other export).
@@ -935,6 +966,10 @@ struct ExportWorker<D: Destination> {
     newest: watch::Receiver<i64>,
     /// The error the store shows for this export now (to avoid rewriting it).
     recorded_error: Option<String>,
+    /// Bytes one call may carry (as `record_size` counts them): the
+    /// destination's limit, halved each time a call misses its deadline on
+    /// a slow link and doubled back after each call that succeeds.
+    call_bytes: usize,
 }
 
 /// What one batch came to.
@@ -1049,15 +1084,26 @@ impl<D: Destination> ExportWorker<D> {
         let (stream, id) = (self.export.stream.clone(), self.export.identifier.clone());
         let (m, stream, id) = (&shared.metrics, stream.as_str(), id.as_str());
         while !pending.is_empty() {
-            let bytes: usize = pending.iter().map(|m| dest.record_size(&m.payload)).sum();
+            // As many records as one call may carry now (at least one).
+            let mut n = 0;
+            let mut bytes = 0;
+            for m in &pending {
+                let size = dest.record_size(&m.payload);
+                if n > 0 && bytes + size > self.call_bytes {
+                    break;
+                }
+                n += 1;
+                bytes += size;
+            }
             m.state(stream, id, metrics::ExportState::WaitingForSlot);
             let permit = self.shared.gate.acquire(priority).await;
             if self.shared.bandwidth.is_some() {
                 m.state(stream, id, metrics::ExportState::WaitingForBandwidth);
                 let mut stopping = self.shared.stopping.clone();
+                let wire = dest.wire_bytes(&pending[..n]);
                 loop {
                     let granted = tokio::select! {
-                        g = self.shared.store.wait_for_bandwidth(bytes, priority) => g,
+                        g = self.shared.store.wait_for_bandwidth(wire, priority) => g,
                         _ = stopping.wait_for(|s| *s) => return None,
                     };
                     match granted {
@@ -1074,27 +1120,46 @@ impl<D: Destination> ExportWorker<D> {
                 }
             }
             m.state(stream, id, metrics::ExportState::Sending);
-            let result = dest.send(&self.export, &pending).await;
+            let result = dest.send(&self.export, &pending[..n]).await;
             drop(permit);
             let failure = match result {
                 BatchResult::RetryAll(reason) => Some(reason),
-                BatchResult::PerRecord(outcomes) if outcomes.len() != pending.len() => {
+                BatchResult::TooSlow(reason) => {
+                    self.call_bytes = (bytes / 2).max(1);
+                    tracing::info!(
+                        stream = %self.export.stream,
+                        export = %self.export.identifier,
+                        call_bytes = self.call_bytes,
+                        "a call missed its deadline: sending smaller batches"
+                    );
+                    // The link works, only slowly: no backoff before the
+                    // smaller call.
+                    backoff.reset();
                     Some(format!(
-                        "the destination answered {} results for {} records",
-                        outcomes.len(),
-                        pending.len()
+                        "{reason}; sending at most {} bytes per call until calls succeed",
+                        self.call_bytes
                     ))
                 }
+                BatchResult::PerRecord(outcomes) if outcomes.len() != n => Some(format!(
+                    "the destination answered {} results for {n} records",
+                    outcomes.len(),
+                )),
                 BatchResult::PerRecord(outcomes) => {
+                    let rest = pending.split_off(n);
                     let mut retry = Vec::new();
                     let mut reason = None;
+                    let mut through = 0;
                     for (m, o) in pending.drain(..).zip(outcomes) {
                         match o {
                             Outcome::Delivered => {
                                 sent.bytes += m.payload.len() as i64;
                                 sent.delivered += 1;
+                                through += 1;
                             }
-                            Outcome::Reject(why) => sent.skipped.push((m.sequence_number, why)),
+                            Outcome::Reject(why) => {
+                                sent.skipped.push((m.sequence_number, why));
+                                through += 1;
+                            }
                             Outcome::Retry(why) => {
                                 reason.get_or_insert_with(|| {
                                     format!("record {} failed: {why}", m.sequence_number)
@@ -1103,17 +1168,18 @@ impl<D: Destination> ExportWorker<D> {
                             }
                         }
                     }
-                    if pending.len() > retry.len() {
-                        // Some got through: the destination is working.
+                    if through > 0 {
+                        // Some got through: the destination is working, and
+                        // a call of this size completes in time.
                         backoff.reset();
+                        self.call_bytes =
+                            (self.call_bytes.saturating_mul(2)).min(limits.bytes_per_call);
                     }
+                    let failed = retry.len();
                     pending = retry;
-                    reason.map(|r| {
-                        format!(
-                            "{} of the batch's records must be sent again; {r}",
-                            pending.len()
-                        )
-                    })
+                    pending.extend(rest);
+                    reason
+                        .map(|r| format!("{failed} of the call's records must be sent again; {r}"))
                 }
             };
             if let Some(reason) = failure {

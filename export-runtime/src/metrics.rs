@@ -59,7 +59,14 @@ pub fn error_class(reason: &str) -> &'static str {
         "too many requests",
     ]) {
         "throttled"
-    } else if has(&["timed out", "timeout", "deadline"]) {
+    } else if has(&[
+        "timed out",
+        "timeout",
+        "deadline",
+        "no progress",
+        "stalled",
+        "too slow",
+    ]) {
         "timeout"
     } else if has(&[
         "credential",
@@ -205,6 +212,10 @@ mod tests {
             "not-found"
         );
         assert_eq!(error_class("the call timed out after 30s"), "timeout");
+        assert_eq!(
+            error_class("PutRecords made no progress for 30 s: the link is stalled or down"),
+            "timeout"
+        );
         assert_eq!(error_class("something odd"), "other");
     }
 

@@ -38,9 +38,11 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bus_schema::{ExportCommon, Message, S3TaskExecutorConfig, StreamDefinition};
-use export_runtime::aws::describe_call_error;
+use export_runtime::aws::{describe_call_error, watched, ProgressTracking};
 use export_runtime::store::Store;
-use export_runtime::{BatchResult, Destination, Export, ExporterConfig, Limits, Outcome};
+use export_runtime::{
+    BatchResult, Destination, Export, ExporterConfig, Limits, Outcome, REQUEST_HEAD_BYTES,
+};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
@@ -129,6 +131,7 @@ impl S3 {
                 let config = aws_sdk_s3::config::Builder::from(&shared)
                     // A local endpoint has no bucket host names.
                     .force_path_style(local)
+                    .interceptor(ProgressTracking)
                     .build();
                 aws_sdk_s3::Client::from_conf(config)
             })
@@ -253,21 +256,24 @@ impl S3 {
         }
         let client = self.client().await;
         if size <= export.target.threshold {
-            self.budget(export, size).await?;
+            self.budget(export, size + REQUEST_HEAD_BYTES as u64)
+                .await?;
             let body = ByteStream::read_from()
                 .path(&t.path)
                 .build()
                 .await
                 .map_err(|e| Failed::Retry(format!("cannot stream {}: {e}", t.path.display())))?;
-            client
+            let call = client
                 .put_object()
                 .bucket(&t.bucket)
                 .key(&key)
                 .set_metadata(Some(t.metadata.clone().into_iter().collect()))
                 .content_length(size as i64)
                 .body(body)
-                .send()
+                .send();
+            watched(call, None)
                 .await
+                .map_err(|w| Failed::Retry(w.describe("PutObject")))?
                 .map_err(|e| s3_failure("PutObject", &e))?;
             return Ok(format!("uploaded {size} bytes to s3://{}/{key}", t.bucket));
         }
@@ -344,13 +350,15 @@ impl S3 {
         let upload_id = match upload_id {
             Some(id) => id,
             None => {
-                let created = client
+                let call = client
                     .create_multipart_upload()
                     .bucket(&t.bucket)
                     .key(key)
                     .set_metadata(Some(t.metadata.clone().into_iter().collect()))
-                    .send()
+                    .send();
+                let created = watched(call, None)
                     .await
+                    .map_err(|w| Failed::Retry(w.describe("CreateMultipartUpload")))?
                     .map_err(|e| s3_failure("CreateMultipartUpload", &e))?;
                 let id = created.upload_id().unwrap_or_default().to_string();
                 self.write_journal(
@@ -377,13 +385,14 @@ impl S3 {
             file.seek(std::io::SeekFrom::Start((n as u64 - 1) * part_bytes))
                 .await
                 .map_err(|e| Failed::Retry(format!("cannot read {}: {e}", t.path.display())))?;
-            self.budget(export, len as u64).await?;
+            self.budget(export, (len + REQUEST_HEAD_BYTES) as u64)
+                .await?;
             // One part in memory at a time, handed to the SDK without a copy.
             let mut part = vec![0u8; len];
             file.read_exact(&mut part)
                 .await
                 .map_err(|e| Failed::Permanent(format!("cannot read {}: {e}", t.path.display())))?;
-            let part = client
+            let call = client
                 .upload_part()
                 .bucket(&t.bucket)
                 .key(key)
@@ -391,8 +400,10 @@ impl S3 {
                 .part_number(n)
                 .content_length(len as i64)
                 .body(ByteStream::from(part))
-                .send()
+                .send();
+            let part = watched(call, None)
                 .await
+                .map_err(|w| Failed::Retry(w.describe("UploadPart")))?
                 .map_err(|e| s3_failure("UploadPart", &e))?;
             completed.push(
                 CompletedPart::builder()
@@ -401,7 +412,7 @@ impl S3 {
                     .build(),
             );
         }
-        client
+        let call = client
             .complete_multipart_upload()
             .bucket(&t.bucket)
             .key(key)
@@ -411,8 +422,10 @@ impl S3 {
                     .set_parts(Some(completed))
                     .build(),
             )
-            .send()
+            .send();
+        watched(call, None)
             .await
+            .map_err(|w| Failed::Retry(w.describe("CompleteMultipartUpload")))?
             .map_err(|e| s3_failure("CompleteMultipartUpload", &e))?;
         self.clear_journal(export);
         Ok(format!(

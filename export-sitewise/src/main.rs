@@ -24,7 +24,10 @@ mod entry;
 use aws_sdk_iotsitewise::error::ProvideErrorMetadata;
 use aws_sdk_iotsitewise::types::PutAssetPropertyValueEntry;
 use bus_schema::{ExportCommon, Message, StreamDefinition};
-use export_runtime::aws::{describe_call_error, is_permanent_entry_code, LocalEndpointHostPrefix};
+use export_runtime::aws::{
+    describe_call_error, is_permanent_entry_code, watched, LocalEndpointHostPrefix,
+    ProgressTracking, Watch, CALL_DEADLINE,
+};
 use export_runtime::{send_parsed, BatchResult, Call, Destination, Export, Limits, Outcome};
 
 /// `BatchPutAssetPropertyValue` takes at most this many entries.
@@ -44,6 +47,7 @@ impl SiteWise {
                 let shared = export_runtime::aws::sdk_config().await;
                 let config = aws_sdk_iotsitewise::config::Builder::from(&shared)
                     .interceptor(LocalEndpointHostPrefix)
+                    .interceptor(ProgressTracking)
                     .build();
                 aws_sdk_iotsitewise::Client::from_conf(config)
             })
@@ -60,8 +64,13 @@ impl SiteWise {
             .await
             .batch_put_asset_property_value()
             .set_entries(Some(entries))
-            .send()
-            .await;
+            .send();
+        let what = "BatchPutAssetPropertyValue";
+        let r = match watched(r, Some(CALL_DEADLINE)).await {
+            Ok(r) => r,
+            Err(w @ Watch::Deadline { .. }) => return Call::TooSlow(w.describe(what)),
+            Err(w) => return Call::Failed(w.describe(what)),
+        };
         match r {
             Ok(out) => Call::Answered(
                 ids.iter()

@@ -10,6 +10,7 @@ pub mod http;
 pub mod load;
 pub mod peer_bench;
 pub mod prometheus;
+pub mod slow_link;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
