@@ -309,6 +309,22 @@ pub enum Request {
         priority: i64,
         wait_ms: i64,
     },
+    /// Ask for one of the exporters' upload slots
+    /// (`STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE` uploads in flight across
+    /// all exporters), served by `priority` (1 highest, 11 = none), then
+    /// arrival: answered `Slot` when one is free, `Busy` after `wait_ms`.
+    AcquireSlot {
+        priority: i64,
+        wait_ms: i64,
+    },
+    /// Keep a slot (the store takes back a lease not renewed for 30 s).
+    RenewSlot {
+        lease: u64,
+    },
+    /// Give a slot back.
+    ReleaseSlot {
+        lease: u64,
+    },
     /// A process's own metrics, kept by the store (the latest report per
     /// process) and served with its own by `Metrics`.
     ReportMetrics {
@@ -344,6 +360,11 @@ pub enum Response {
     /// The bandwidth asked for may be used now.
     Granted,
     Reported,
+    /// An upload slot, held until released or its lease lapses.
+    Slot {
+        lease: u64,
+    },
+    SlotReleased,
     Metrics(Vec<crate::metrics::MetricFamily>),
     Losses(Vec<LossEntry>),
     ShuttingDown,

@@ -209,6 +209,15 @@ fn requests() -> Vec<(String, Vec<u8>, RequestEnvelope)> {
             },
         ),
         req("metrics", Request::Metrics),
+        req(
+            "acquire-slot",
+            Request::AcquireSlot {
+                priority: 1,
+                wait_ms: 1000,
+            },
+        ),
+        req("renew-slot", Request::RenewSlot { lease: 7 }),
+        req("release-slot", Request::ReleaseSlot { lease: 7 }),
         req("losses", Request::Losses),
         req("shutdown", Request::Shutdown),
     ]
@@ -279,6 +288,8 @@ fn responses() -> Vec<(String, Vec<u8>, ResponseEnvelope)> {
         ),
         resp("granted", Response::Granted),
         resp("reported", Response::Reported),
+        resp("slot", Response::Slot { lease: 7 }),
+        resp("slot-released", Response::SlotReleased),
         resp("metrics", Response::Metrics(vec![metric_family()])),
         resp(
             "losses",

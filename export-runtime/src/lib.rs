@@ -24,7 +24,6 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
-mod gate;
 pub mod metrics;
 pub mod store;
 
@@ -40,7 +39,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use bus::unix_ms;
-pub use gate::{GatePermit, PriorityGate};
 use store::{Store, StoreError, WATCH_WAIT_MS};
 
 /// What a signed AWS request adds to its body on the wire: the request line
@@ -414,7 +412,6 @@ where
 struct Shared<D: Destination> {
     dest: D,
     store: Store,
-    gate: Arc<PriorityGate>,
     bandwidth: Option<u64>,
     stopping: watch::Receiver<bool>,
     /// Batch memory, in KiB ([`BATCH_MEMORY_BYTES_MAX`]).
@@ -445,7 +442,6 @@ impl<D: Destination> Runtime<D> {
             shared: Arc::new(Shared {
                 dest,
                 store,
-                gate: PriorityGate::new(config.pool_size),
                 bandwidth: config.bandwidth,
                 stopping,
                 memory: Arc::new(tokio::sync::Semaphore::new(BATCH_MEMORY_BYTES_MAX / 1024)),
@@ -697,6 +693,50 @@ impl<D: Destination> Runtime<D> {
         }
     }
 }
+
+/// An upload slot held from the store: renewed while held, given back when
+/// dropped.
+struct SlotLease {
+    _renew: AbortOnDrop,
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl SlotLease {
+    fn hold<D: Destination>(shared: &Arc<Shared<D>>, lease: u64) -> Self {
+        let s = shared.clone();
+        let renew = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SLOT_LEASE_RENEW).await;
+                if let Err(e) = s.store.renew_slot(lease).await {
+                    tracing::debug!(lease, error = %e, "cannot renew an upload slot");
+                }
+            }
+        }));
+        let s = shared.clone();
+        Self {
+            _renew: renew,
+            release: Some(Box::new(move || {
+                tokio::spawn(async move {
+                    if let Err(e) = s.store.release_slot(lease).await {
+                        tracing::debug!(lease, error = %e, "cannot give an upload slot back (it lapses by itself)");
+                    }
+                });
+            })),
+        }
+    }
+}
+
+impl Drop for SlotLease {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+/// How often a held upload slot is renewed (the store takes back a lease
+/// not renewed for 30 s: an exporter killed mid-upload frees its slot then).
+pub const SLOT_LEASE_RENEW: Duration = Duration::from_secs(10);
 
 /// Reports the process's metrics to the store every
 /// [`metrics::REPORT_INTERVAL`].
@@ -1096,7 +1136,22 @@ impl<D: Destination> ExportWorker<D> {
                 bytes += size;
             }
             m.state(stream, id, metrics::ExportState::WaitingForSlot);
-            let permit = self.shared.gate.acquire(priority).await;
+            let permit = loop {
+                let mut stopping = self.shared.stopping.clone();
+                let lease = tokio::select! {
+                    l = self.shared.store.acquire_slot(priority) => l,
+                    _ = stopping.wait_for(|s| *s) => return None,
+                };
+                match lease {
+                    Ok(lease) => break SlotLease::hold(&self.shared, lease),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot get an upload slot from the store");
+                        if let Wake::Stop = self.pause(backoff.next_delay()).await {
+                            return None;
+                        }
+                    }
+                }
+            };
             if self.shared.bandwidth.is_some() {
                 m.state(stream, id, metrics::ExportState::WaitingForBandwidth);
                 let mut stopping = self.shared.stopping.clone();

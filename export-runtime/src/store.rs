@@ -221,6 +221,52 @@ impl Store {
         }
     }
 
+    /// Waits as long as it takes for one of the exporters' upload slots
+    /// (shared by all exporter processes, handed out by priority); its
+    /// lease. A refusal at once (too many waiting) or an unavailable store
+    /// comes back as the error: the caller backs off.
+    pub async fn acquire_slot(&self, priority: i64) -> Result<u64, StoreError> {
+        loop {
+            let asked = std::time::Instant::now();
+            let req = Request::AcquireSlot {
+                priority,
+                wait_ms: BANDWIDTH_WAIT_MS,
+            };
+            let timeout = STORE_CALL_TIMEOUT + Duration::from_millis(BANDWIDTH_WAIT_MS as u64);
+            match self.call(req, timeout).await {
+                Ok(Response::Slot { lease }) => return Ok(lease),
+                Ok(other) => return Err(unexpected(other)),
+                Err(e)
+                    if e.kind() == Some(ErrorKind::Busy)
+                        && asked.elapsed()
+                            >= Duration::from_millis(BANDWIDTH_WAIT_MS as u64 / 2) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Keeps an upload slot.
+    pub async fn renew_slot(&self, lease: u64) -> Result<(), StoreError> {
+        match self
+            .call(Request::RenewSlot { lease }, STORE_CALL_TIMEOUT)
+            .await?
+        {
+            Response::Slot { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Gives an upload slot back.
+    pub async fn release_slot(&self, lease: u64) -> Result<(), StoreError> {
+        match self
+            .call(Request::ReleaseSlot { lease }, STORE_CALL_TIMEOUT)
+            .await?
+        {
+            Response::SlotReleased => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Queues a commit and returns at once; its answer comes through
     /// [`settle`]. Commits submitted one after another reach the store in
     /// that order.

@@ -96,7 +96,7 @@ pub const KNOWN: &[(&str, &str, &str)] = &[
     ),
     (
         "STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE",
-        "uploads in flight per exporter process",
+        "uploads in flight across all exporters (one pool, by priority)",
         "5",
     ),
     (

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use bus::PeerId;
 
+use crate::waiters::Waiters;
+
 /// Most callers waiting for a grant at once (each exporter waits with at
 /// most its pool size of uploads).
 pub const BANDWIDTH_WAITERS_MAX: usize = 1024;
@@ -17,25 +19,17 @@ pub const BANDWIDTH_WAITERS_MAX: usize = 1024;
 /// Budget that may be saved up while nobody uploads, in seconds of the rate.
 pub const BURST_SECONDS: f64 = 1.0;
 
-/// Priority of exports without one (below the lowest settable, 10).
-pub const PRIORITY_NONE: i64 = 11;
+pub use crate::waiters::PRIORITY_NONE;
 
-pub struct Waiter {
-    pub peer: PeerId,
-    pub id: u64,
-    bytes: f64,
-    priority: i64,
-    arrival: u64,
-    pub deadline: Instant,
-}
+/// A caller waiting for bandwidth; its `item` is the bytes asked for.
+pub type Waiter = crate::waiters::Waiter<f64>;
 
 pub struct Budget {
     /// Bytes per second; `None` is unlimited.
     rate: Option<f64>,
     tokens: f64,
     last: Instant,
-    arrivals: u64,
-    waiting: Vec<Waiter>,
+    waiting: Waiters<f64>,
 }
 
 impl Budget {
@@ -44,8 +38,7 @@ impl Budget {
             rate: rate_bytes_per_s.map(|r| r as f64),
             tokens: 0.0,
             last: now,
-            arrivals: 0,
-            waiting: Vec::new(),
+            waiting: Waiters::new(BANDWIDTH_WAITERS_MAX, "bandwidth"),
         }
     }
 
@@ -67,40 +60,23 @@ impl Budget {
         priority: i64,
         deadline: Instant,
     ) -> Result<(), String> {
-        if self.waiting.len() >= BANDWIDTH_WAITERS_MAX {
-            return Err(format!(
-                "{BANDWIDTH_WAITERS_MAX} uploads are already waiting for bandwidth"
-            ));
-        }
-        self.arrivals += 1;
-        self.waiting.push(Waiter {
-            peer,
-            id,
-            bytes: bytes.max(0) as f64,
-            priority: priority.clamp(1, PRIORITY_NONE),
-            arrival: self.arrivals,
-            deadline,
-        });
-        Ok(())
+        self.waiting
+            .push(peer, id, priority, deadline, bytes.max(0) as f64)
     }
 
     /// Removes and returns the waiters that may upload now, best first.
     pub fn grant_ready(&mut self, now: Instant) -> Vec<Waiter> {
         self.refill(now);
         let mut granted = Vec::new();
-        while let Some(best) = self
-            .waiting
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, w)| (w.priority, w.arrival))
-            .map(|(i, _)| i)
-        {
+        while !self.waiting.is_empty() {
             if self.rate.is_some() && self.tokens < 0.0 {
                 break;
             }
-            let w = self.waiting.swap_remove(best);
+            let Some(w) = self.waiting.pop_best() else {
+                break;
+            };
             if self.rate.is_some() {
-                self.tokens -= w.bytes;
+                self.tokens -= w.item;
             }
             granted.push(w);
         }
@@ -109,26 +85,17 @@ impl Budget {
 
     /// Removes and returns the waiters whose deadline has come.
     pub fn expired(&mut self, due: Instant) -> Vec<Waiter> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < self.waiting.len() {
-            if self.waiting[i].deadline <= due {
-                out.push(self.waiting.swap_remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        out
+        self.waiting.expired(due)
     }
 
     /// Every waiter, for answering at shutdown.
     pub fn drain(&mut self) -> Vec<Waiter> {
-        std::mem::take(&mut self.waiting)
+        self.waiting.drain()
     }
 
     /// When the next waiter can be granted or must be answered, if any waits.
     pub fn next_wake(&self) -> Option<Instant> {
-        let earliest_deadline = self.waiting.iter().map(|w| w.deadline).min()?;
+        let earliest_deadline = self.waiting.earliest_deadline()?;
         let budget_back = match self.rate {
             Some(rate) if self.tokens < 0.0 => {
                 self.last + Duration::from_secs_f64(-self.tokens / rate)
@@ -202,7 +169,7 @@ mod tests {
             if b.waiting.is_empty() {
                 b.push(peer(), step, 700, 1, far).unwrap();
             }
-            granted += b.grant_ready(now).iter().map(|w| w.bytes).sum::<f64>();
+            granted += b.grant_ready(now).iter().map(|w| w.item).sum::<f64>();
         }
         let expected = rate as f64 * 60.0;
         assert!(

@@ -12,6 +12,8 @@ pub struct StoreConfig {
     pub log: LogSettings,
     /// The exporters' shared upload budget, bytes/s (`None`: unlimited).
     pub exporter_bandwidth: Option<u64>,
+    /// Uploads in flight across all exporters.
+    pub exporter_pool_size: usize,
 }
 
 impl StoreConfig {
@@ -20,6 +22,7 @@ impl StoreConfig {
             root: s.root.clone(),
             log: s.log.clone(),
             exporter_bandwidth: s.exporter_bandwidth,
+            exporter_pool_size: s.exporter_pool_size,
         }
     }
 

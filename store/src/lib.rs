@@ -14,5 +14,7 @@ pub mod load;
 pub mod memory;
 pub mod priority;
 pub mod server;
+pub mod slots;
 pub mod validate;
+pub mod waiters;
 pub mod wal;

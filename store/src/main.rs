@@ -84,6 +84,7 @@ fn run(config: &StoreConfig) -> anyhow::Result<Stop> {
     );
     let stop = StoreServer::new(engine, bus)
         .with_bandwidth(config.exporter_bandwidth)
+        .with_upload_slots(config.exporter_pool_size)
         .run(Some(signal_rx.as_raw_fd()));
     drop(lock);
     Ok(stop)

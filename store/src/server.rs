@@ -19,6 +19,7 @@ use bus_schema::{
 
 use crate::bandwidth::Budget;
 use crate::engine::{AppendItem, Engine, EngineError};
+use crate::slots::Slots;
 use bus_schema::metrics::MetricFamily;
 
 /// Requests taken off the socket in one round.
@@ -135,6 +136,8 @@ pub struct StoreServer {
     /// Requests skipped because their deadline had passed.
     pub expired_requests: u64,
     budget: Budget,
+    /// The exporters' upload slots.
+    slots: Slots,
     /// Per (stream, export): the highest sequence number read for it, and
     /// the messages read for it again (after an exporter or store restart,
     /// or a reset), since this store started.
@@ -186,6 +189,7 @@ impl StoreServer {
             stop: None,
             expired_requests: 0,
             budget: Budget::new(None, Instant::now()),
+            slots: Slots::new(settings::EXPORTER_THREAD_POOL_SIZE_DEFAULT),
             read_high: HashMap::new(),
             reports: HashMap::new(),
         }
@@ -194,6 +198,12 @@ impl StoreServer {
     /// Caps the exporters' shared upload budget at `bytes_per_s`.
     pub fn with_bandwidth(mut self, bytes_per_s: Option<u64>) -> Self {
         self.budget = Budget::new(bytes_per_s, Instant::now());
+        self
+    }
+
+    /// Upload slots for all exporters together.
+    pub fn with_upload_slots(mut self, slots: usize) -> Self {
+        self.slots = Slots::new(slots);
         self
     }
 
@@ -239,10 +249,16 @@ impl StoreServer {
                 err(ErrorKind::ShuttingDown, "the store is stopping"),
             );
         }
-        for w in self.budget.drain() {
+        let waiting = self
+            .budget
+            .drain()
+            .into_iter()
+            .map(|w| (w.peer, w.id))
+            .chain(self.slots.drain().into_iter().map(|w| (w.peer, w.id)));
+        for (peer, id) in waiting.collect::<Vec<_>>() {
             self.reply(
-                &w.peer,
-                w.id,
+                &peer,
+                id,
                 err(ErrorKind::ShuttingDown, "the store is stopping"),
             );
         }
@@ -274,6 +290,7 @@ impl StoreServer {
             .map(|r| r.deadline)
             .chain(self.watchers.iter().map(|w| w.deadline))
             .chain(self.budget.next_wake())
+            .chain(self.slots.next_wake())
             .fold(self.next_expiry, Instant::min);
         Some(next.saturating_duration_since(now))
     }
@@ -377,6 +394,9 @@ impl StoreServer {
                 | Request::ListStreams
                 | Request::Health
                 | Request::AcquireBandwidth { .. }
+                | Request::AcquireSlot { .. }
+                | Request::RenewSlot { .. }
+                | Request::ReleaseSlot { .. }
                 | Request::WatchEvents { .. }
                 | Request::ReportMetrics { .. }
                 | Request::Metrics
@@ -597,6 +617,40 @@ impl StoreServer {
                     self.reports.insert(process, (Instant::now(), families));
                     Response::Reported
                 }
+            }
+            Request::AcquireSlot { priority, wait_ms } => {
+                if !(0..=WAIT_MS_MAX).contains(&wait_ms) {
+                    err(
+                        ErrorKind::InvalidRequest,
+                        format!("an upload slot request waiting {wait_ms} ms is out of range"),
+                    )
+                } else {
+                    let deadline = Instant::now() + Duration::from_millis(wait_ms as u64);
+                    match self.slots.push(peer.clone(), id, priority, deadline) {
+                        Ok(()) => {
+                            self.serve_slots();
+                            return None;
+                        }
+                        Err(m) => err(ErrorKind::Busy, m),
+                    }
+                }
+            }
+            Request::RenewSlot { lease } => {
+                if self.slots.renew(lease, Instant::now()) {
+                    Response::Slot { lease }
+                } else {
+                    err(
+                        ErrorKind::ResourceNotFound,
+                        format!(
+                            "upload slot {lease} is not held (it lapsed, or the store restarted)"
+                        ),
+                    )
+                }
+            }
+            Request::ReleaseSlot { lease } => {
+                self.slots.release(lease);
+                self.serve_slots();
+                Response::SlotReleased
             }
             Request::Metrics => Response::Metrics(self.metric_families()),
             Request::Losses => Response::Losses(self.engine.losses()),
@@ -915,6 +969,23 @@ impl StoreServer {
                 w.id,
                 err(ErrorKind::Busy, "no bandwidth was free before the deadline"),
             );
+        }
+        self.serve_slots();
+        for w in self.slots.expired(due) {
+            self.reply(
+                &w.peer,
+                w.id,
+                err(
+                    ErrorKind::Busy,
+                    "no upload slot was free before the deadline",
+                ),
+            );
+        }
+    }
+
+    fn serve_slots(&mut self) {
+        for (w, lease) in self.slots.grant_ready(Instant::now()) {
+            self.reply(&w.peer, w.id, Response::Slot { lease });
         }
     }
 
