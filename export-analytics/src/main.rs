@@ -19,7 +19,7 @@ use aws_sdk_iotanalytics::primitives::Blob;
 use aws_sdk_iotanalytics::types::Message as ChannelMessage;
 use bus_schema::{ExportCommon, Message, StreamDefinition};
 use export_runtime::aws::{
-    describe_call_error, is_permanent_entry_code, watched, ProgressTracking, Watch, CALL_DEADLINE,
+    describe_call_error, is_permanent_entry_code, watched, ProgressTracking, CALL_DEADLINE,
 };
 use export_runtime::{
     base64_len, send_parsed, BatchResult, Call, Destination, Export, Limits, Outcome,
@@ -78,8 +78,7 @@ impl Analytics {
         let what = format!("BatchPutMessage to {channel:?}");
         let r = match watched(r, Some(CALL_DEADLINE)).await {
             Ok(r) => r,
-            Err(w @ Watch::Deadline { .. }) => return Call::TooSlow(w.describe(&what)),
-            Err(w) => return Call::Failed(w.describe(&what)),
+            Err(w) => return w.call_result(&what),
         };
         match r {
             Ok(out) => Call::Answered(

@@ -109,8 +109,13 @@ impl Progress {
 pub enum Watch {
     /// Nothing moved for this long.
     Stalled { idle: Duration, sent_bytes: u64 },
-    /// Still going at its deadline.
-    Deadline { after: Duration, sent_bytes: u64 },
+    /// Still going at its deadline, with this much of its request still
+    /// queued in the process's TCP send queues.
+    Deadline {
+        after: Duration,
+        sent_bytes: u64,
+        queued_bytes: u64,
+    },
 }
 
 impl Watch {
@@ -121,10 +126,29 @@ impl Watch {
                 "{what} made no progress for {} s ({sent_bytes} bytes of the request sent): the link is stalled or down",
                 idle.as_secs()
             ),
-            Watch::Deadline { after, sent_bytes } => format!(
+            Watch::Deadline {
+                after, sent_bytes, ..
+            } => format!(
                 "{what} was still going after {} s ({sent_bytes} bytes of the request sent): the link is too slow for this batch",
                 after.as_secs()
             ),
+        }
+    }
+
+    /// How long the link needs to carry what a given-up call left queued,
+    /// at the rate it carried the rest (at most [`CALL_DEADLINE`]).
+    pub fn drain(&self) -> Duration {
+        match *self {
+            Watch::Deadline {
+                after,
+                sent_bytes,
+                queued_bytes,
+            } => {
+                let carried = sent_bytes.saturating_sub(queued_bytes).max(1);
+                let rate = carried as f64 / after.as_secs_f64().max(0.001);
+                Duration::from_secs_f64(queued_bytes as f64 / rate).min(CALL_DEADLINE)
+            }
+            Watch::Stalled { .. } => Duration::ZERO,
         }
     }
 
@@ -132,8 +156,22 @@ impl Watch {
     /// stall retries it.
     pub fn batch_result(&self, what: &str) -> crate::BatchResult {
         match self {
-            Watch::Deadline { .. } => crate::BatchResult::TooSlow(self.describe(what)),
+            Watch::Deadline { .. } => crate::BatchResult::TooSlow {
+                reason: self.describe(what),
+                drain: self.drain(),
+            },
             Watch::Stalled { .. } => crate::BatchResult::RetryAll(self.describe(what)),
+        }
+    }
+
+    /// The same for a call of `send_parsed`.
+    pub fn call_result(&self, what: &str) -> crate::Call {
+        match self {
+            Watch::Deadline { .. } => crate::Call::TooSlow {
+                reason: self.describe(what),
+                drain: self.drain(),
+            },
+            Watch::Stalled { .. } => crate::Call::Failed(self.describe(what)),
         }
     }
 }
@@ -176,7 +214,11 @@ pub async fn watched_with<F: Future>(
                         }
                         let after = p.started.elapsed();
                         if deadline.is_some_and(|d| after >= d) {
-                            return Err(Watch::Deadline { after, sent_bytes });
+                            return Err(Watch::Deadline {
+                                after,
+                                sent_bytes,
+                                queued_bytes: queued,
+                            });
                         }
                     }
                 }

@@ -111,8 +111,9 @@ pub enum BatchResult {
     RetryAll(String),
     /// The call was given up at its deadline while still moving (the link
     /// is slower than the batch needs): the export sends half as many bytes
-    /// per call from now on, growing back as calls succeed.
-    TooSlow(String),
+    /// per call from now on, growing back as calls succeed, once the link
+    /// has carried what the given-up call left queued (`drain`).
+    TooSlow { reason: String, drain: Duration },
 }
 
 /// What one call to a destination came to (for [`send_parsed`]).
@@ -124,7 +125,7 @@ pub enum Call {
     /// The whole call failed in a way that may pass later.
     Failed(String),
     /// The call was given up at its deadline: see [`BatchResult::TooSlow`].
-    TooSlow(String),
+    TooSlow { reason: String, drain: Duration },
 }
 
 /// Sends the records of a batch that could be turned into the service's
@@ -160,7 +161,7 @@ where
                 ))
             }
             Call::Failed(why) => return BatchResult::RetryAll(why),
-            Call::TooSlow(why) => return BatchResult::TooSlow(why),
+            Call::TooSlow { reason, drain } => return BatchResult::TooSlow { reason, drain },
             Call::Invalid(why) if items.len() == 1 => vec![Outcome::Reject(why)],
             Call::Invalid(_) => {
                 let mut alone = Vec::with_capacity(items.len());
@@ -171,7 +172,9 @@ where
                             Outcome::Retry("the service answered no result".into())
                         }
                         Call::Invalid(why) => Outcome::Reject(why),
-                        Call::Failed(why) | Call::TooSlow(why) => Outcome::Retry(why),
+                        Call::Failed(why) | Call::TooSlow { reason: why, .. } => {
+                            Outcome::Retry(why)
+                        }
                     });
                 }
                 alone
@@ -1179,21 +1182,31 @@ impl<D: Destination> ExportWorker<D> {
             drop(permit);
             let failure = match result {
                 BatchResult::RetryAll(reason) => Some(reason),
-                BatchResult::TooSlow(reason) => {
+                BatchResult::TooSlow { reason, drain } => {
                     self.call_bytes = (bytes / 2).max(1);
                     tracing::info!(
                         stream = %self.export.stream,
                         export = %self.export.identifier,
                         call_bytes = self.call_bytes,
-                        "a call missed its deadline: sending smaller batches"
+                        drain_s = drain.as_secs(),
+                        "a call missed its deadline: sending smaller batches once the link has carried what it left queued"
                     );
-                    // The link works, only slowly: no backoff before the
-                    // smaller call.
+                    // The link works, only slowly: no backoff, but the
+                    // given-up request's bytes still queued on the way go
+                    // out first (a socket closed with unsent data keeps
+                    // sending it); a smaller call started now would share
+                    // the link with them and miss its deadline too.
                     backoff.reset();
-                    Some(format!(
+                    let why = format!(
                         "{reason}; sending at most {} bytes per call until calls succeed",
                         self.call_bytes
-                    ))
+                    );
+                    m.failed(stream, id, &why);
+                    self.record_error(why).await;
+                    if let Wake::Stop = self.pause(drain).await {
+                        return None;
+                    }
+                    None
                 }
                 BatchResult::PerRecord(outcomes) if outcomes.len() != n => Some(format!(
                     "the destination answered {} results for {n} records",

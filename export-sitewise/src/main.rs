@@ -26,7 +26,7 @@ use aws_sdk_iotsitewise::types::PutAssetPropertyValueEntry;
 use bus_schema::{ExportCommon, Message, StreamDefinition};
 use export_runtime::aws::{
     describe_call_error, is_permanent_entry_code, watched, LocalEndpointHostPrefix,
-    ProgressTracking, Watch, CALL_DEADLINE,
+    ProgressTracking, CALL_DEADLINE,
 };
 use export_runtime::{send_parsed, BatchResult, Call, Destination, Export, Limits, Outcome};
 
@@ -68,8 +68,7 @@ impl SiteWise {
         let what = "BatchPutAssetPropertyValue";
         let r = match watched(r, Some(CALL_DEADLINE)).await {
             Ok(r) => r,
-            Err(w @ Watch::Deadline { .. }) => return Call::TooSlow(w.describe(what)),
-            Err(w) => return Call::Failed(w.describe(what)),
+            Err(w) => return w.call_result(what),
         };
         match r {
             Ok(out) => Call::Answered(

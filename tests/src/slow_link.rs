@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 /// Bytes moved per read/write step.
 const STEP_BYTES: usize = 2048;
+/// The proxy's receive buffer per connection, bytes (the kernel doubles it).
+const RECEIVE_BUFFER_BYTES: libc::c_int = 32 * 1024;
 
 /// Paces one direction: bytes leave no faster than `rate` per second, with
 /// at most `STEP_BYTES` of burst.
@@ -60,6 +62,21 @@ impl SlowLink {
     pub fn start(upstream: u16, bytes_per_s: u64) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        // A small receive buffer, as a real bottleneck has: what the link
+        // has not carried waits in the sender's send queue, not here.
+        let small: libc::c_int = RECEIVE_BUFFER_BYTES;
+        // SAFETY: setsockopt on our own listening socket with an int value;
+        // accepted connections inherit it.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         let link = SlowLink {
             port,
             up: Arc::new(Pacer::new(bytes_per_s)),
