@@ -998,10 +998,19 @@ impl Engine {
     }
 
     /// Whether stream `name` has an export of `kind` (enabled or not).
+    /// Asked for every append event and watcher: no allocation.
     pub fn has_export_of(&self, name: &str, kind: bus_schema::ExportKind) -> bool {
-        self.streams
-            .get(name)
-            .is_some_and(|s| s.def.exports.all().iter().any(|(k, _)| *k == kind))
+        use bus_schema::ExportKind as K;
+        self.streams.get(name).is_some_and(|s| {
+            let e = &s.def.exports;
+            match kind {
+                K::Http => !e.http.is_empty(),
+                K::IotAnalytics => !e.iot_analytics.is_empty(),
+                K::Kinesis => !e.kinesis.is_empty(),
+                K::IotSiteWise => !e.iot_sitewise.is_empty(),
+                K::S3TaskExecutor => !e.s3_task_executor.is_empty(),
+            }
+        })
     }
 
     pub fn describe(&self, name: &str) -> Result<StreamInfo, EngineError> {
@@ -1014,6 +1023,11 @@ impl Engine {
     /// The loss ledger, every entry.
     pub fn losses(&self) -> Vec<LossEntry> {
         self.ledger.entries().map(|(_, e)| e.clone()).collect()
+    }
+
+    /// Entries in the loss ledger.
+    pub fn loss_entries(&self) -> usize {
+        self.ledger.entries().count()
     }
 
     /// The metrics of the streams and their exports (Prometheus families).

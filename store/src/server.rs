@@ -880,7 +880,7 @@ impl StoreServer {
             "Entries in the loss ledger.",
             Gauge,
         );
-        ledger.sample(&[], self.engine.losses().len() as f64);
+        ledger.sample(&[], self.engine.loss_entries() as f64);
         out.push(ledger);
         self.reports
             .retain(|_, (at, _)| at.elapsed() < REPORT_STALE_AFTER);
