@@ -225,7 +225,7 @@ impl Settings {
             }
         }
         for (k, v) in env {
-            if is_ours(k) {
+            if is_ours(k) && !v.trim().is_empty() {
                 vars.insert(k.clone(), v.clone());
             }
         }
@@ -236,6 +236,9 @@ impl Settings {
         mut vars: BTreeMap<String, String>,
         mut problems: Vec<String>,
     ) -> Result<Self, Vec<String>> {
+        // An empty value is the default: Greengrass passes every parameter
+        // of a component's configuration, the unset ones as "".
+        vars.retain(|_, v| !v.trim().is_empty());
         for k in vars.keys() {
             if k.starts_with("STREAM_MANAGER_") && !KNOWN.iter().any(|(n, _, _)| n == k) {
                 problems.push(format!("unknown setting {k} (known: {})", known_names()));
@@ -571,6 +574,26 @@ mod tests {
         assert_eq!(s.exporter_pool_size, EXPORTER_THREAD_POOL_SIZE_DEFAULT);
         assert_eq!(s.log.format, LogFormat::Text);
         assert!(!s.vars.contains_key("PATH"));
+    }
+
+    #[test]
+    fn empty_values_are_the_defaults_and_do_not_hide_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sm.conf");
+        std::fs::write(&f, "LOG_LEVEL=DEBUG\nSTREAM_MANAGER_SERVER_PORT=\n").unwrap();
+        let s = Settings::load(
+            &env(&[
+                ("LOG_LEVEL", ""),
+                ("STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH", " "),
+                ("STREAM_MANAGER_AUTH_TOKENS_FILE", ""),
+            ]),
+            Some(&f),
+        )
+        .unwrap();
+        assert_eq!(s.log.level, "debug");
+        assert_eq!(s.server_port, SERVER_PORT_DEFAULT);
+        assert_eq!(s.exporter_bandwidth, None);
+        assert!(!s.vars.contains_key("STREAM_MANAGER_AUTH_TOKENS_FILE"));
     }
 
     #[test]

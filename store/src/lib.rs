@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod load;
 pub mod memory;
 pub mod priority;
+pub mod process;
 pub mod server;
 pub mod slots;
 pub mod validate;

@@ -121,7 +121,10 @@ impl ChildProc {
     pub fn spawn(&mut self) -> std::io::Result<()> {
         let parent = std::process::id() as libc::pid_t;
         let mut cmd = Command::new(&self.exe);
-        cmd.env_clear()
+        // The process's name as its argv[0]: the single-binary bundle runs
+        // the role of that name.
+        cmd.arg0(self.name)
+            .env_clear()
             .envs(std::env::vars().filter(|(k, _)| {
                 !k.starts_with("STREAM_MANAGER_") && !settings::KNOWN.iter().any(|(n, _, _)| n == k)
             }))

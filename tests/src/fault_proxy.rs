@@ -39,6 +39,8 @@ struct State {
     faults: VecDeque<Fault>,
     /// Record counts of the `PutRecords` calls forwarded, in order.
     put_sizes: Vec<usize>,
+    /// The data (base64, as sent) of every record a `Partial` fault failed.
+    rejected: Vec<String>,
 }
 
 pub struct FaultProxy {
@@ -136,6 +138,22 @@ impl FaultProxy {
     /// Record counts of the `PutRecords` calls that reached the endpoint.
     pub fn put_sizes(&self) -> Vec<usize> {
         self.state.lock().unwrap().put_sizes.clone()
+    }
+
+    /// The data of every record that a [`Fault::Partial`] failed
+    /// individually (the client must send it again).
+    pub fn rejected_records(&self) -> Vec<Vec<u8>> {
+        use base64::Engine;
+        let state = self.state.lock().unwrap();
+        state
+            .rejected
+            .iter()
+            .map(|d| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(d)
+                    .expect("base64 data")
+            })
+            .collect()
     }
 
     /// Stops listening and drops every open connection.
@@ -302,6 +320,9 @@ fn partial(
         .map(|i| {
             if fails(i) {
                 failed += 1;
+                if let Some(data) = records[i]["Data"].as_str() {
+                    state.lock().unwrap().rejected.push(data.to_string());
+                }
                 serde_json::json!({
                     "ErrorCode": "ProvisionedThroughputExceededException",
                     "ErrorMessage": "Rate exceeded for shard (injected)"
