@@ -339,3 +339,35 @@ fn child_named(parent: u32, name: &str) -> Option<u32> {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
         })
 }
+
+/// The systemd unit leaves S3 task input files readable wherever
+/// applications put them (`/tmp`, `/home`), and starts the one program
+/// both installations have.
+#[test]
+fn the_systemd_unit_lets_the_exporter_read_files_under_tmp_and_home() {
+    let unit =
+        std::fs::read_to_string(repo().join("deploy/systemd/stream-manager.service")).unwrap();
+    let setting = |name: &str| {
+        unit.lines()
+            .filter_map(|l| l.trim().strip_prefix(&format!("{name}=")))
+            .last()
+            .map(str::to_string)
+    };
+    assert_ne!(
+        setting("PrivateTmp").as_deref(),
+        Some("yes"),
+        "PrivateTmp hides /tmp"
+    );
+    assert!(
+        matches!(
+            setting("ProtectHome").as_deref(),
+            None | Some("no" | "read-only")
+        ),
+        "ProtectHome={:?} hides /home",
+        setting("ProtectHome")
+    );
+    assert_eq!(
+        setting("ExecStart").as_deref(),
+        Some("/usr/local/lib/stream-manager/stream-manager")
+    );
+}

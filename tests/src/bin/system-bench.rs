@@ -8,7 +8,13 @@
 //!   libc's and libstdc++'s code, counts 1/n in each), which is what the
 //!   group really occupies; the plain sum of RSS, which counts every shared
 //!   page once per process, is printed beside it;
-//! - time from kill -9 of the store to the next acknowledged append.
+//! - time from kill -9 of the store to the next acknowledged append;
+//! - the size on disk of the executables its processes run (each distinct
+//!   file once: seven binaries for `cargo build`'s layout, one for the
+//!   bundle).
+//!
+//! `system-bench [PROGRAM]` measures another `stream-manager`, such as the
+//! packaged bundle (unpack `dist/stream-manager-<version>-x86_64.zip`).
 
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -49,7 +55,11 @@ fn main() {
     let root = tempfile::tempdir().expect("tempdir");
     let port = 18_088;
     let started = Instant::now();
-    let mut sm = Command::new(bin("stream-manager"))
+    let program = std::env::args_os()
+        .nth(1)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| bin("stream-manager"));
+    let mut sm = Command::new(&program)
         .env("STREAM_MANAGER_STORE_ROOT_DIR", root.path())
         .env("STREAM_MANAGER_SERVER_PORT", port.to_string())
         .env("STREAM_MANAGER_METRICS_PORT", "0")
@@ -95,6 +105,17 @@ fn main() {
         })
         .collect();
 
+    let mut executables: Vec<std::path::PathBuf> = pids
+        .iter()
+        .filter_map(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
+        .collect();
+    executables.sort();
+    executables.dedup();
+    let executable_bytes: u64 = executables
+        .iter()
+        .map(|e| std::fs::metadata(e).map(|m| m.len()).unwrap_or(0))
+        .sum();
+
     let store = children_of(sm.id())
         .into_iter()
         .find(|p| {
@@ -137,5 +158,19 @@ fn main() {
     println!(
         "| kill -9 of the store to the next acknowledged append | {} ms | restart backoff 100 ms ± 25% included |",
         recovered.as_millis()
+    );
+    println!(
+        "| executables on disk | {:.1} MiB in {} file(s) | goal <= 30 MB per device package; {} |",
+        executable_bytes as f64 / (1024.0 * 1024.0),
+        executables.len(),
+        executables
+            .iter()
+            .map(|e| e
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 }
