@@ -24,8 +24,17 @@ pub const NAMED_THREAD_WAIT_MS: u64 = 200;
 /// Lowers the calling thread's priority to [`BACKGROUND_NICE`].
 pub fn lower_current_thread() {
     #[cfg(target_os = "linux")]
-    // SAFETY: gettid has no preconditions.
-    set_nice(unsafe { libc::gettid() });
+    set_nice(current_tid());
+}
+
+/// The calling thread's id, from the system call itself: in the statically
+/// linked x86_64 package (static-pie, fat LTO) glibc's `gettid` wrapper
+/// ended up as an unresolved weak symbol, and the first call jumped to
+/// address 0 (the store died with SIGSEGV in `store-sync`).
+#[cfg(target_os = "linux")]
+pub fn current_tid() -> libc::pid_t {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
 }
 
 /// Lowers the priority of this process's threads named `name`, waiting up to
@@ -113,13 +122,10 @@ mod tests {
         let tids = threads_named("prio-test-bg");
         assert_eq!(tids.len(), 1);
         assert_eq!(nice_of(tids[0]), Some(BACKGROUND_NICE));
-        // SAFETY: gettid has no preconditions.
-        let me = unsafe { libc::gettid() };
+        let me = current_tid();
         let other = std::thread::spawn(move || {
             lower_current_thread();
-            // SAFETY: as above.
-            let tid = unsafe { libc::gettid() };
-            nice_of(tid)
+            nice_of(current_tid())
         })
         .join()
         .unwrap();
