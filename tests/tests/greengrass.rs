@@ -348,9 +348,10 @@ fn the_systemd_unit_lets_the_exporter_read_files_under_tmp_and_home() {
     let unit =
         std::fs::read_to_string(repo().join("deploy/systemd/stream-manager.service")).unwrap();
     let setting = |name: &str| {
+        // The last assignment wins, as in systemd.
         unit.lines()
-            .filter_map(|l| l.trim().strip_prefix(&format!("{name}=")))
-            .last()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}=")))
             .map(str::to_string)
     };
     assert_ne!(
