@@ -20,18 +20,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stream_manager_tests::{bin, rss_kib, wire_client};
-
-/// Proportional set size of a process, KiB.
-fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Pss:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
+use stream_manager_tests::{bin, pss_kib, rss_kib, wire_client};
 
 fn children_of(pid: u32) -> Vec<u32> {
     let text =

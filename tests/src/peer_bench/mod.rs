@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::load::Proc;
-use crate::{cpu_secs, peak_rss_kib, rss_kib};
+use crate::{cpu_secs, peak_rss_kib, pss_kib, rss_kib};
 
 /// What every system is driven with.
 #[derive(Clone, Debug)]
@@ -101,6 +101,11 @@ pub struct LegResult {
     pub reads_per_s: Option<f64>,
     pub appended: u64,
     pub procs: Vec<ProcFigures>,
+    /// The highest sum of the proportional set sizes of the system's
+    /// processes (the load generator left out) at one sampling instant,
+    /// KiB: what the whole system occupied at its peak, each page shared
+    /// between its processes counted once.
+    pub peak_pss_total_kib: u64,
 }
 
 /// Resident memory and CPU of one process over a leg.
@@ -247,28 +252,39 @@ async fn append_conn<P: Peer>(
 /// time at its start and end.
 struct Sampler {
     pids: Vec<(String, u32)>,
+    /// The load generator's index in `pids` (left out of the PSS total).
+    own: usize,
     peak: Vec<Cell<u64>>,
     sum: Vec<Cell<u64>>,
+    peak_pss_total: Cell<u64>,
     samples: Cell<u64>,
 }
 
 impl Sampler {
-    fn new(pids: Vec<(String, u32)>) -> Self {
+    fn new(pids: Vec<(String, u32)>, own: usize) -> Self {
         let n = pids.len();
         Self {
             pids,
+            own,
             peak: (0..n).map(|_| Cell::new(0)).collect(),
             sum: (0..n).map(|_| Cell::new(0)).collect(),
+            peak_pss_total: Cell::new(0),
             samples: Cell::new(0),
         }
     }
 
     fn sample(&self) {
+        let mut pss_total = 0;
         for (i, (_, pid)) in self.pids.iter().enumerate() {
             let r = rss_kib(*pid);
             self.peak[i].set(self.peak[i].get().max(r));
             self.sum[i].set(self.sum[i].get() + r);
+            if i != self.own {
+                pss_total += pss_kib(*pid);
+            }
         }
+        self.peak_pss_total
+            .set(self.peak_pss_total.get().max(pss_total));
         self.samples.set(self.samples.get() + 1);
     }
 
@@ -307,7 +323,7 @@ pub async fn run_leg<P: Peer>(
 ) -> Result<LegResult> {
     pids.push(("load generator".into(), std::process::id()));
     let own = pids.len() - 1;
-    let sampler = Sampler::new(pids);
+    let sampler = Sampler::new(pids, own);
     let epoch = Instant::now();
     let win = Window {
         epoch,
@@ -406,6 +422,7 @@ pub async fn run_leg<P: Peer>(
             us_per_read: us_per_read.as_ref().map(|v| v[i]),
         });
     }
+    result.peak_pss_total_kib = sampler.peak_pss_total.get();
     Ok(result)
 }
 
