@@ -184,6 +184,12 @@ pub struct Settings {
     pub vars: BTreeMap<String, String>,
 }
 
+/// Whether `value` of setting `name` stands for the default (see
+/// [`Settings::load`]).
+fn empty_means_default(name: &str, value: &str) -> bool {
+    value.trim().is_empty() && name != "STREAM_MANAGER_STORE_ROOT_DIR"
+}
+
 /// Whether `name` is read by this system (and so passed to children).
 fn is_ours(name: &str) -> bool {
     name.starts_with("STREAM_MANAGER_") || KNOWN.iter().any(|(n, _, _)| *n == name)
@@ -198,7 +204,8 @@ impl Settings {
     }
 
     /// Reads the environment (`env`: all variables) and an optional file in
-    /// systemd `EnvironmentFile` syntax; the environment wins. `AWS_*` names
+    /// systemd `EnvironmentFile` syntax; the environment wins. An empty value
+    /// means the default (except for the store root, where it is an error). `AWS_*` names
     /// from the file are passed on (those of the environment are inherited).
     pub fn load(env: &BTreeMap<String, String>, file: Option<&Path>) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
@@ -225,7 +232,7 @@ impl Settings {
             }
         }
         for (k, v) in env {
-            if is_ours(k) && !v.trim().is_empty() {
+            if is_ours(k) && !empty_means_default(k, v) {
                 vars.insert(k.clone(), v.clone());
             }
         }
@@ -237,8 +244,10 @@ impl Settings {
         mut problems: Vec<String>,
     ) -> Result<Self, Vec<String>> {
         // An empty value is the default: Greengrass passes every parameter
-        // of a component's configuration, the unset ones as "".
-        vars.retain(|_, v| !v.trim().is_empty());
+        // of a component's configuration, the unset ones as "". Except the
+        // store root: an empty one is an error rather than data in the
+        // working directory.
+        vars.retain(|k, v| !empty_means_default(k, v));
         for k in vars.keys() {
             if k.starts_with("STREAM_MANAGER_") && !KNOWN.iter().any(|(n, _, _)| n == k) {
                 problems.push(format!("unknown setting {k} (known: {})", known_names()));
@@ -594,6 +603,8 @@ mod tests {
         assert_eq!(s.server_port, SERVER_PORT_DEFAULT);
         assert_eq!(s.exporter_bandwidth, None);
         assert!(!s.vars.contains_key("STREAM_MANAGER_AUTH_TOKENS_FILE"));
+        let e = Settings::load(&env(&[("STREAM_MANAGER_STORE_ROOT_DIR", "")]), None).unwrap_err();
+        assert!(e.iter().any(|p| p.contains("set but empty")), "{e:?}");
     }
 
     #[test]
