@@ -12,16 +12,8 @@
 
 use std::process::ExitCode;
 
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's settings (see `store::memory::JEMALLOC_CONF`).
-#[export_name = "_rjem_malloc_conf"]
-pub static JEMALLOC_CONF: &[u8; store::memory::JEMALLOC_CONF.len()] =
-    match store::memory::JEMALLOC_CONF.first_chunk() {
-        Some(conf) => conf,
-        None => unreachable!(),
-    };
+// Every process's allocator (see `store::memory`).
+store::jemalloc_with_store_settings!();
 
 /// A process's entry point.
 type Entry = fn() -> ExitCode;

@@ -1,7 +1,7 @@
 //! Keeps the store's resident memory close to what it really uses.
 //!
-//! The store binary allocates through jemalloc (declared in `main.rs`), set
-//! up by [`JEMALLOC_CONF`]. Under glibc's allocator the thread answering
+//! The store binary allocates through jemalloc (declared in `main.rs` with
+//! `jemalloc_with_store_settings!`), set up by [`JEMALLOC_CONF`]. Under glibc's allocator the thread answering
 //! requests waited on arena locks while fjall's workers freed flushed
 //! memtables (p99 append latency at a steady 10,000/s through the ingest,
 //! `ingest-bench latency`, same code otherwise: 1.2-1.7 ms with glibc,
@@ -26,6 +26,26 @@ pub const JEMALLOC_CONF: &[u8] =
     b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 /// The `dirty_decay_ms` in [`JEMALLOC_CONF`].
 pub const JEMALLOC_DIRTY_DECAY_MS: u64 = 1000;
+
+/// Makes jemalloc, with [`JEMALLOC_CONF`], the allocator of the binary it
+/// is invoked in (the `store` binary and the single-binary bundle; once per
+/// binary, at the crate root). The binary depends on `tikv-jemallocator`.
+#[macro_export]
+macro_rules! jemalloc_with_store_settings {
+    () => {
+        #[global_allocator]
+        static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+        /// jemalloc reads its settings from this symbol (named with the
+        /// prefix the `tikv-jemalloc-sys` build gives every jemalloc symbol).
+        #[export_name = "_rjem_malloc_conf"]
+        pub static JEMALLOC_CONF: &[u8; $crate::memory::JEMALLOC_CONF.len()] =
+            match $crate::memory::JEMALLOC_CONF.first_chunk() {
+                Some(conf) => conf,
+                None => unreachable!(),
+            };
+    };
+}
 
 /// The C allocator's settings (shared with the ingest): see
 /// [`bus::memory::tune_allocator`].

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-import boto3
+from local_aws import kinesis_client
 from stream_manager import (
     ExportDefinition,
     KinesisConfig,
@@ -28,13 +28,7 @@ def check(name, ok, detail=""):
     print(("ok   " if ok else "FAIL ") + name + (f": {detail}" if detail else ""), flush=True)
 
 
-kinesis = boto3.client(
-    "kinesis",
-    endpoint_url=os.environ["KINESIS_ENDPOINT"],
-    region_name="us-east-1",
-    aws_access_key_id="testing",
-    aws_secret_access_key="testing",
-)
+kinesis = kinesis_client()
 kinesis.create_stream(StreamName="device", ShardCount=1)
 
 client = StreamManagerClient(port=PORT)

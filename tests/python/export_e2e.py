@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-import boto3
+from local_aws import kinesis_client
 from stream_manager import (
     ExportDefinition,
     KinesisConfig,
@@ -19,15 +19,8 @@ from stream_manager import (
 )
 
 PORT = int(os.environ["STREAM_MANAGER_SERVER_PORT"])
-ENDPOINT = os.environ["KINESIS_ENDPOINT"]
 
-kinesis = boto3.client(
-    "kinesis",
-    endpoint_url=ENDPOINT,
-    region_name="us-east-1",
-    aws_access_key_id="testing",
-    aws_secret_access_key="testing",
-)
+kinesis = kinesis_client()
 kinesis.create_stream(StreamName="sdk-kinesis", ShardCount=1)
 
 client = StreamManagerClient(port=PORT)

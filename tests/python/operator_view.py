@@ -7,7 +7,7 @@ Run with STREAM_MANAGER_SERVER_PORT and KINESIS_ENDPOINT set."""
 
 import os
 
-import boto3
+from local_aws import kinesis_client
 from stream_manager import (
     ExportDefinition,
     KinesisConfig,
@@ -17,13 +17,7 @@ from stream_manager import (
 )
 
 PORT = int(os.environ["STREAM_MANAGER_SERVER_PORT"])
-kinesis = boto3.client(
-    "kinesis",
-    endpoint_url=os.environ["KINESIS_ENDPOINT"],
-    region_name="us-east-1",
-    aws_access_key_id="testing",
-    aws_secret_access_key="testing",
-)
+kinesis = kinesis_client()
 kinesis.create_stream(StreamName="delivered", ShardCount=1)
 
 client = StreamManagerClient(port=PORT)
