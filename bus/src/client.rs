@@ -230,7 +230,19 @@ impl PendingReply {
     /// Waits for the reply (or the request's timeout, which the driver
     /// enforces).
     pub async fn wait(self) -> Result<Response, BusError> {
-        flatten(self.rx.await)
+        self.await
+    }
+}
+
+/// The reply itself, for callers that poll many pending replies in one task.
+impl std::future::Future for PendingReply {
+    type Output = Result<Response, BusError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx).poll(cx).map(flatten)
     }
 }
 

@@ -3,6 +3,7 @@
 //! knows the SDK wire format; it knows nothing of storage or exporters.
 
 pub mod config;
+pub mod fast;
 pub mod metrics;
 pub mod process;
 pub mod server;

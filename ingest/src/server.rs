@@ -10,12 +10,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{BusClient, BusError};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bus::{BusClient, BusError, PendingReply};
 use bus_schema::{Request, Response};
+use futures_util::{stream::FuturesUnordered, FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use crate::fast;
 use crate::metrics::{self, IngestMetrics};
 use crate::wire::{self, op, status, ClientRequest};
 
@@ -323,27 +329,9 @@ async fn connection(
     .map_err(|_| "handshake timed out".to_string())??;
     tracing::debug!(%peer, "client connected");
 
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(settings.in_flight_per_connection);
-    let writer = tokio::spawn(async move {
-        // Frames that are ready together go out in one write; a frame is
-        // never split across writes of other frames.
-        let mut out = Vec::new();
-        while let Some(frame) = rx.recv().await {
-            out.clear();
-            out.extend_from_slice(&frame);
-            while out.len() < WRITE_COALESCE_BYTES {
-                match rx.try_recv() {
-                    Ok(more) => out.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
-            if wr.write_all(&out).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (tx, rx) = mpsc::channel::<Outbound>(settings.in_flight_per_connection);
+    let writer = tokio::spawn(write_responses(wr, rx, metrics.clone()));
     let in_flight = Arc::new(Semaphore::new(settings.in_flight_per_connection));
-    let mut replies = tokio::task::JoinSet::new();
     let result = loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break Ok(());
@@ -365,51 +353,29 @@ async fn connection(
             Ok(p) => p,
             Err(e) => break Err(format!("framing: {e}")),
         };
-        let known = matches!(
-            opcode,
-            op::CREATE | op::DELETE | op::APPEND | op::READ | op::LIST | op::DESCRIBE | op::UPDATE
-        );
-        if !known {
-            let id = wire::parse_map(&payload)
-                .ok()
-                .and_then(|m| wire::request_id_of(&m));
-            let Some(id) = id else {
-                break Err(format!("operation {opcode} without a readable requestId"));
-            };
-            metrics.refused("unknown", "unknown-operation");
-            let body = wire::response(
-                &id,
-                status::UNKNOWN_OPERATION,
-                Some(&format!("operation {opcode} is not supported")),
-                Vec::new(),
-            );
-            if tx
-                .send(wire::frame(op::UNKNOWN_OPERATION_ERROR, &body))
-                .await
-                .is_err()
-            {
-                break Ok(());
-            }
-            continue;
-        }
-        let (id, request) = match wire::decode_request(opcode, &payload) {
-            Ok(r) => r,
-            Err(e) => {
-                let Some(id) = e.request_id else {
-                    break Err(format!(
-                        "undecodable request without a requestId: {}",
-                        e.message
-                    ));
-                };
-                tracing::info!(%peer, opcode, error = %e.message, "invalid request");
-                metrics.refused(metrics::operation(opcode), "invalid-request");
-                let body =
-                    wire::response(&id, status::INVALID_REQUEST, Some(&e.message), Vec::new());
-                if tx
-                    .send(wire::frame(wire::response_op(opcode), &body))
-                    .await
-                    .is_err()
-                {
+        // Appends in the SDKs' own shape skip the general decoder.
+        let decoded = match (opcode == op::APPEND)
+            .then(|| fast::decode_append(&payload))
+            .flatten()
+        {
+            Some(a) => Ok((
+                a.request_id.to_owned(),
+                ClientRequest::Append {
+                    name: a.name.to_owned(),
+                    payload: a.payload.to_vec(),
+                },
+            )),
+            None => match decode_general(opcode, &payload, &peer, &metrics) {
+                Ok(decoded) => Ok(decoded),
+                Err(Refusal::Answer(frame)) => Err(frame),
+                Err(Refusal::Close(e)) => break Err(e),
+            },
+        };
+        drop(payload);
+        let (id, request) = match decoded {
+            Ok(d) => d,
+            Err(frame) => {
+                if tx.send(Outbound::Frame(frame)).await.is_err() {
                     break Ok(());
                 }
                 continue;
@@ -417,32 +383,191 @@ async fn connection(
         };
         let (bus_request, timeout, read_stream) = to_bus(request, settings.store_timeout);
         let submitted = std::time::Instant::now();
-        let pending = bus.submit(bus_request, timeout).await;
-        let tx = tx.clone();
-        let metrics = metrics.clone();
-        replies.spawn(async move {
-            let reply = match pending {
-                Ok(p) => p.wait().await,
-                Err(e) => Err(e),
-            };
-            metrics.answered(
-                metrics::operation(opcode),
-                metrics::outcome(&reply),
-                submitted.elapsed(),
-            );
-            let body = to_wire(&id, reply, read_stream.as_deref());
-            let _ = tx.send(wire::frame(wire::response_op(opcode), &body)).await;
-            drop((permit, bytes));
-        });
-        // Forget finished reply tasks as we go.
-        while replies.try_join_next().is_some() {}
+        let answer = Answer {
+            reply: bus.submit(bus_request, timeout).await,
+            asked: Some(Asked {
+                request_id: id,
+                opcode,
+                read_stream,
+                submitted,
+                _held: (permit, bytes),
+            }),
+        };
+        if tx.send(Outbound::Reply(answer)).await.is_err() {
+            break Ok(());
+        }
     };
-    // The client is gone or broke the framing: its pending replies (and the
-    // bus slots and bytes they hold) are released now, not when they finish.
-    replies.abort_all();
+    // The client is gone or broke the framing: the writer answers what is
+    // already answered and drops the pending replies (and the bus slots and
+    // bytes they hold) now, not when they finish.
     drop(tx);
     let _ = writer.await;
     result
+}
+
+/// Why a request gets no store call: an answer to send at once, or a
+/// framing problem that ends the connection.
+enum Refusal {
+    Answer(Vec<u8>),
+    Close(String),
+}
+
+/// Decodes any request with the general decoder; unknown operations and
+/// invalid requests are answered (when they carry a readable request id).
+fn decode_general(
+    opcode: u8,
+    payload: &[u8],
+    peer: &SocketAddr,
+    metrics: &IngestMetrics,
+) -> Result<(String, ClientRequest), Refusal> {
+    let known = matches!(
+        opcode,
+        op::CREATE | op::DELETE | op::APPEND | op::READ | op::LIST | op::DESCRIBE | op::UPDATE
+    );
+    if !known {
+        let id = wire::parse_map(payload)
+            .ok()
+            .and_then(|m| wire::request_id_of(&m));
+        let Some(id) = id else {
+            return Err(Refusal::Close(format!(
+                "operation {opcode} without a readable requestId"
+            )));
+        };
+        metrics.refused("unknown", "unknown-operation");
+        let body = wire::response(
+            &id,
+            status::UNKNOWN_OPERATION,
+            Some(&format!("operation {opcode} is not supported")),
+            Vec::new(),
+        );
+        return Err(Refusal::Answer(wire::frame(
+            op::UNKNOWN_OPERATION_ERROR,
+            &body,
+        )));
+    }
+    wire::decode_request(opcode, payload).map_err(|e| {
+        let Some(id) = e.request_id else {
+            return Refusal::Close(format!(
+                "undecodable request without a requestId: {}",
+                e.message
+            ));
+        };
+        tracing::info!(%peer, opcode, error = %e.message, "invalid request");
+        metrics.refused(metrics::operation(opcode), "invalid-request");
+        let body = wire::response(&id, status::INVALID_REQUEST, Some(&e.message), Vec::new());
+        Refusal::Answer(wire::frame(wire::response_op(opcode), &body))
+    })
+}
+
+/// What a connection's reading half hands its writing half.
+enum Outbound {
+    /// A response ready now.
+    Frame(Vec<u8>),
+    /// A request at the store, answered when its reply comes.
+    Reply(Answer),
+}
+
+/// A request submitted to the store, with what its response needs.
+struct Asked {
+    request_id: String,
+    opcode: u8,
+    read_stream: Option<String>,
+    submitted: std::time::Instant,
+    /// The connection's in-flight slot and the request's buffered bytes,
+    /// released once the response is written.
+    _held: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
+/// The store's reply to come (or the submission's failure), and the request.
+struct Answer {
+    reply: Result<PendingReply, BusError>,
+    asked: Option<Asked>,
+}
+
+impl Future for Answer {
+    type Output = (Asked, Result<Response, BusError>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let reply = match &mut self.reply {
+            Ok(pending) => ready!(Pin::new(pending).poll(cx)),
+            // The submission failed: that is the answer (taken once).
+            Err(e) => Err(std::mem::replace(e, BusError::Closed)),
+        };
+        Poll::Ready((self.asked.take().expect("polled after completion"), reply))
+    }
+}
+
+/// The writing half of a connection: waits for the store's replies (all of
+/// the connection's in one task) and writes the responses, those that are
+/// ready together in one write; a frame is never split across writes of
+/// other frames. Ends when the reading half does, dropping the replies
+/// still to come.
+async fn write_responses(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outbound>,
+    metrics: Arc<IngestMetrics>,
+) {
+    let mut waiting = FuturesUnordered::new();
+    let mut out = Vec::new();
+    let mut reader_done = false;
+    while !reader_done {
+        tokio::select! {
+            Some((asked, reply)) = waiting.next(), if !waiting.is_empty() => {
+                respond(&mut out, asked, reply, &metrics);
+            }
+            next = rx.recv() => match next {
+                Some(Outbound::Frame(f)) => out.extend_from_slice(&f),
+                Some(Outbound::Reply(a)) => waiting.push(a),
+                None => reader_done = true,
+            },
+        }
+        // Take whatever else is ready, up to one write's worth.
+        while out.len() < WRITE_COALESCE_BYTES {
+            match rx.try_recv() {
+                Ok(Outbound::Frame(f)) => out.extend_from_slice(&f),
+                Ok(Outbound::Reply(a)) => waiting.push(a),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    reader_done = true;
+                    break;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => match waiting.next().now_or_never() {
+                    Some(Some((asked, reply))) => respond(&mut out, asked, reply, &metrics),
+                    _ => break,
+                },
+            }
+        }
+        if !out.is_empty() {
+            if wr.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+    }
+}
+
+/// Appends the response frame for `asked` to `out`.
+fn respond(
+    out: &mut Vec<u8>,
+    asked: Asked,
+    reply: Result<Response, BusError>,
+    metrics: &IngestMetrics,
+) {
+    metrics.answered(
+        metrics::operation(asked.opcode),
+        metrics::outcome(&reply),
+        asked.submitted.elapsed(),
+    );
+    if let Ok(Response::Appended {
+        sequence_number, ..
+    }) = &reply
+    {
+        if asked.opcode == op::APPEND {
+            fast::put_append_response(out, &asked.request_id, *sequence_number);
+            return;
+        }
+    }
+    let body = to_wire(&asked.request_id, reply, asked.read_stream.as_deref());
+    out.extend_from_slice(&wire::frame(wire::response_op(asked.opcode), &body));
 }
 
 /// The bus request for an SDK request, its timeout, and the stream name a
