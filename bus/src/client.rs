@@ -108,8 +108,7 @@ impl BusClient {
         check_endpoint(endpoint)?;
         let max_in_flight = config.max_in_flight.max(1);
         let ctx = zmq::Context::new();
-        let socket = ctx
-            .socket(zmq::DEALER)
+        let socket = crate::threads::start_as_batch(|| ctx.socket(zmq::DEALER))
             .map_err(|e| BusError::zmq(endpoint, e))?;
         let hwm = i32::try_from(max_in_flight * 2).unwrap_or(i32::MAX);
         let setup = || -> zmq::Result<()> {

@@ -21,6 +21,7 @@ pub mod memory;
 mod server;
 mod sockpath;
 
+mod threads;
 pub use client::{BusClient, BusClientConfig, PendingReply};
 pub use server::{BusServer, Incoming, PeerId};
 pub use sockpath::socket_path;

@@ -50,8 +50,7 @@ impl BusServer {
     pub fn bind(endpoint: &str) -> Result<Self, BusError> {
         check_endpoint(endpoint)?;
         let ctx = zmq::Context::new();
-        let socket = ctx
-            .socket(zmq::ROUTER)
+        let socket = crate::threads::start_as_batch(|| ctx.socket(zmq::ROUTER))
             .map_err(|e| BusError::zmq(endpoint, e))?;
         let setup = || -> zmq::Result<()> {
             socket.set_linger(0)?;
