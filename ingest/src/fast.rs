@@ -2,7 +2,8 @@
 //! the SDKs send them in one shape (a map of `requestId`, `name` and
 //! `payload`, definite or indefinite). This module reads that shape straight
 //! from the frame's bytes, without building a CBOR value tree, and writes the
-//! successful append response straight into the outgoing buffer.
+//! successful append and read responses (reads carry many messages each)
+//! straight into the outgoing buffer.
 //!
 //! Both are exact shortcuts of the general code in [`crate::wire`]: anything
 //! else (another key, a `null`, a duplicate key, a value of another type,
@@ -10,9 +11,12 @@
 //! general way, which decides and words any error; and the response bytes are
 //! the ones [`crate::wire::response`] encodes (tests compare both).
 
+use bus_schema::Message;
+
 /// CBOR major types used here.
 const MAJOR_BYTES: u8 = 2;
 const MAJOR_TEXT: u8 = 3;
+const MAJOR_ARRAY: u8 = 4;
 const MAJOR_MAP: u8 = 5;
 /// The additional-information value of an indefinite length.
 const INDEFINITE: u8 = 31;
@@ -175,6 +179,37 @@ pub fn put_append_response(out: &mut Vec<u8>, request_id: &str, sequence_number:
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Appends to `out` the whole frame of a successful read response:
+/// `requestId`, `status` 0, and `messages`, each with `streamName`,
+/// `sequenceNumber`, `ingestTime` and `payload`.
+pub fn put_read_response(out: &mut Vec<u8>, request_id: &str, stream: &str, messages: &[Message]) {
+    let start = out.len();
+    let payloads: usize = messages.iter().map(|m| m.payload.len() + 64).sum();
+    out.reserve(64 + request_id.len() + payloads + messages.len() * stream.len());
+    out.extend_from_slice(&[0, 0, 0, 0, crate::wire::op::READ_RESPONSE]);
+    put_head(out, MAJOR_MAP, 3);
+    put_text(out, "requestId");
+    put_text(out, request_id);
+    put_text(out, "status");
+    put_int(out, crate::wire::status::SUCCESS);
+    put_text(out, "messages");
+    put_head(out, MAJOR_ARRAY, messages.len() as u64);
+    for m in messages {
+        put_head(out, MAJOR_MAP, 4);
+        put_text(out, "streamName");
+        put_text(out, stream);
+        put_text(out, "sequenceNumber");
+        put_int(out, m.sequence_number);
+        put_text(out, "ingestTime");
+        put_int(out, m.ingest_time_ms);
+        put_text(out, "payload");
+        put_head(out, MAJOR_BYTES, m.payload.len() as u64);
+        out.extend_from_slice(&m.payload);
+    }
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +317,32 @@ mod tests {
             let general = wire::frame(
                 op::APPEND_RESPONSE,
                 &wire::response(&id, wire::status::SUCCESS, None, wire::append_fields(seq)),
+            );
+            prop_assert_eq!(&fast[1..], &general[..]);
+        }
+
+        #[test]
+        fn the_fast_read_response_is_the_general_one(
+            id in ".{0,40}",
+            stream in ".{0,40}",
+            messages in proptest::collection::vec(
+                (any::<i64>(), any::<i64>(), proptest::collection::vec(any::<u8>(), 0..70)),
+                0..30,
+            ),
+        ) {
+            let messages: Vec<Message> = messages
+                .into_iter()
+                .map(|(sequence_number, ingest_time_ms, payload)| Message {
+                    sequence_number,
+                    ingest_time_ms,
+                    payload,
+                })
+                .collect();
+            let mut fast = vec![7u8];
+            put_read_response(&mut fast, &id, &stream, &messages);
+            let general = wire::frame(
+                op::READ_RESPONSE,
+                &wire::response(&id, wire::status::SUCCESS, None, wire::read_fields(&stream, messages)),
             );
             prop_assert_eq!(&fast[1..], &general[..]);
         }

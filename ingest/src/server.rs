@@ -557,14 +557,20 @@ fn respond(
         metrics::outcome(&reply),
         asked.submitted.elapsed(),
     );
-    if let Ok(Response::Appended {
-        sequence_number, ..
-    }) = &reply
-    {
-        if asked.opcode == op::APPEND {
-            fast::put_append_response(out, &asked.request_id, *sequence_number);
-            return;
+    match (&reply, asked.opcode, &asked.read_stream) {
+        (
+            Ok(Response::Appended {
+                sequence_number, ..
+            }),
+            op::APPEND,
+            _,
+        ) => {
+            return fast::put_append_response(out, &asked.request_id, *sequence_number);
         }
+        (Ok(Response::Messages(messages)), op::READ, Some(stream)) => {
+            return fast::put_read_response(out, &asked.request_id, stream, messages);
+        }
+        _ => {}
     }
     let body = to_wire(&asked.request_id, reply, asked.read_stream.as_deref());
     out.extend_from_slice(&wire::frame(wire::response_op(asked.opcode), &body));
