@@ -78,6 +78,9 @@ type Get = fn(&LegResult) -> Option<f64>;
 type Figure = (&'static str, bool, usize, Get);
 
 /// A goal: what, the measured value, its unit, whether it passes.
+/// One MB (the issue's memory goals are in MB) in MiB (what is measured).
+const MB_IN_MIB: f64 = 1e6 / (1024.0 * 1024.0);
+
 type Goal = (&'static str, Option<f64>, &'static str, fn(f64) -> bool);
 
 const FIGURES: [Figure; 7] = [
@@ -200,22 +203,22 @@ pub fn markdown(legs: &[Leg], w: &Workload, rounds: usize, header: &str) -> Stri
             |v| v >= 1.5,
         ),
         (
-            "store RSS <= 64 MiB during the run (peak, all legs)",
+            "store RSS <= 64 MB (61.04 MiB) during the run (peak, all legs)",
             store_peak,
             " MiB",
-            |v| v <= 64.0,
+            |v| v <= MB_IN_MIB * 64.0,
         ),
         (
-            "whole system (all stream-manager processes, sum of peaks) <= 100 MiB",
+            "whole system (all stream-manager processes, sum of peaks) <= 100 MB (95.37 MiB)",
             system_peak,
             " MiB",
-            |v| v <= 100.0,
+            |v| v <= MB_IN_MIB * 100.0,
         ),
         (
-            "whole system, peak of the summed PSS (each shared page once) <= 100 MiB",
+            "whole system, peak of the summed PSS (each shared page once) <= 100 MB (95.37 MiB)",
             system_pss,
             " MiB",
-            |v| v <= 100.0,
+            |v| v <= MB_IN_MIB * 100.0,
         ),
     ];
     let _ = writeln!(o, "\n| goal (issue 13) | measured | result |");
