@@ -217,7 +217,14 @@ fn a_full_disk_refuses_appends_keeps_serving_reads_and_recovers_by_itself() {
     std::thread::sleep(Duration::from_secs(1));
     let filler = fill_up(fs.path());
     let started = Instant::now();
-    let refused = sm.append("s", &payload(acked)).unwrap_err();
+    let refused = match sm.append("s", &payload(acked)) {
+        Err(e) => e,
+        Ok(seq) => panic!(
+            "append {seq} was acknowledged on a full disk ({} bytes free, {} store restarts)",
+            store::wal::free_bytes(fs.path()).unwrap_or(0),
+            sm.restarts
+        ),
+    };
     assert!(refused.contains("full"), "{refused}");
     assert!(started.elapsed() < Duration::from_secs(5));
     let all = sm.read_all("s");
