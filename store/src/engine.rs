@@ -69,6 +69,14 @@ pub const BACKGROUND_SYNC_INTERVAL_MS: u64 = 50;
 /// seen with two workers at about 140,000 appends/s, ended in a worker
 /// blocked on its own full queue).
 pub const WORKER_THREADS: usize = 1;
+/// File streams a store holds at most. Each has a keyspace of its own, and
+/// fjall 3.1.13's recovery puts one message per keyspace holding tables into
+/// its worker queue (1,000 messages) before the worker starts, waiting for
+/// room: a database with more such keyspaces never finishes opening (seen:
+/// 1,100 File streams with a message each, the store stuck in
+/// `Database::recover`; the supervisor's liveness probe then restarts it
+/// forever). The four keyspaces of the store's own come on top.
+pub const FILE_STREAMS_MAX: usize = 900;
 /// fjall's own memtable limit for the small keyspaces, in bytes: above the
 /// size the applier rotates at, so that fjall's write path never requests a
 /// rotation (see [`WORKER_THREADS`]).
@@ -1214,6 +1222,14 @@ impl Engine {
         let id = self.next_stream_id;
         let created_ms = now_ms();
         let memory = def.persistence == Some(Persistence::Memory);
+        let file_streams = self.streams.values().filter(|s| s.ks.is_some()).count();
+        if !memory && file_streams >= FILE_STREAMS_MAX {
+            return Err(invalid(format!(
+                "stream {:?} would be File stream number {}: this store holds at most {FILE_STREAMS_MAX} File streams (each is a database keyspace; beyond about 1,000 the database cannot reopen); delete one, or use Memory persistence",
+                def.name,
+                file_streams + 1
+            )));
+        }
         let mut batch = WriteSet::default();
         batch.insert(
             Ks::Meta,
@@ -2243,6 +2259,44 @@ impl Engine {
 mod tests {
     use super::*;
     use bus_schema::ExportCommon;
+
+    #[test]
+    fn file_streams_stop_at_the_bound_and_a_store_holding_that_many_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::open(dir.path()).unwrap();
+        for i in 0..FILE_STREAMS_MAX {
+            let name = format!("s{i}");
+            e.create(&StreamDefinition::new(&name, StrategyOnFull::RejectNewData))
+                .unwrap();
+            fill(&mut e, &name, 1);
+        }
+        let one_more = StreamDefinition::new("one-more", StrategyOnFull::RejectNewData);
+        let Err(EngineError::Refused(r)) = e.create(&one_more) else {
+            panic!("a File stream past the bound was created");
+        };
+        assert_eq!(r.kind, ErrorKind::InvalidRequest);
+        assert!(
+            r.message.contains("at most 900 File streams"),
+            "{}",
+            r.message
+        );
+        assert!(
+            e.describe("one-more").is_err(),
+            "the refusal changed nothing"
+        );
+        let mut memory = StreamDefinition::new("in-memory", StrategyOnFull::RejectNewData);
+        memory.persistence = Some(Persistence::Memory);
+        e.create(&memory).unwrap();
+        // Every File stream's keyspace holds a table: what fjall's recovery
+        // queues a message for.
+        e.sync().unwrap();
+        e.close().unwrap();
+        drop(e);
+        let mut e = Engine::open(dir.path()).unwrap();
+        assert_eq!(e.read("s899", 0, 10).unwrap().len(), 1);
+        e.delete("s0").unwrap();
+        e.create(&one_more).unwrap();
+    }
 
     /// Messages of `name` in fjall's chunks, once every open chunk is
     /// sealed and applied.
