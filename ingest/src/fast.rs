@@ -162,52 +162,61 @@ fn put_int(out: &mut Vec<u8>, v: i64) {
     }
 }
 
-/// Appends to `out` the whole frame (length, opcode, payload) of a
-/// successful append response: `requestId`, `status` 0, `sequenceNumber`.
-pub fn put_append_response(out: &mut Vec<u8>, request_id: &str, sequence_number: i64) {
+/// Appends to `out` a whole frame (length, opcode, payload) of a successful
+/// response: a map of `requestId`, `status` 0 and one more field, named
+/// `field` and written by `value`.
+fn put_success(
+    out: &mut Vec<u8>,
+    opcode: u8,
+    request_id: &str,
+    field: &str,
+    value: impl FnOnce(&mut Vec<u8>),
+) {
     let start = out.len();
-    out.extend_from_slice(&[0, 0, 0, 0, crate::wire::op::APPEND_RESPONSE]);
+    out.extend_from_slice(&[0, 0, 0, 0, opcode]);
     put_head(out, MAJOR_MAP, 3);
     put_text(out, "requestId");
     put_text(out, request_id);
     put_text(out, "status");
     put_int(out, crate::wire::status::SUCCESS);
-    put_text(out, "sequenceNumber");
-    put_int(out, sequence_number);
+    put_text(out, field);
+    value(out);
     // The length counts the opcode and the payload.
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Appends to `out` the whole frame of a successful append response:
+/// `requestId`, `status` 0, `sequenceNumber`.
+pub fn put_append_response(out: &mut Vec<u8>, request_id: &str, sequence_number: i64) {
+    let opcode = crate::wire::op::APPEND_RESPONSE;
+    put_success(out, opcode, request_id, "sequenceNumber", |out| {
+        put_int(out, sequence_number)
+    });
 }
 
 /// Appends to `out` the whole frame of a successful read response:
 /// `requestId`, `status` 0, and `messages`, each with `streamName`,
 /// `sequenceNumber`, `ingestTime` and `payload`.
 pub fn put_read_response(out: &mut Vec<u8>, request_id: &str, stream: &str, messages: &[Message]) {
-    let start = out.len();
     let payloads: usize = messages.iter().map(|m| m.payload.len() + 64).sum();
     out.reserve(64 + request_id.len() + payloads + messages.len() * stream.len());
-    out.extend_from_slice(&[0, 0, 0, 0, crate::wire::op::READ_RESPONSE]);
-    put_head(out, MAJOR_MAP, 3);
-    put_text(out, "requestId");
-    put_text(out, request_id);
-    put_text(out, "status");
-    put_int(out, crate::wire::status::SUCCESS);
-    put_text(out, "messages");
-    put_head(out, MAJOR_ARRAY, messages.len() as u64);
-    for m in messages {
-        put_head(out, MAJOR_MAP, 4);
-        put_text(out, "streamName");
-        put_text(out, stream);
-        put_text(out, "sequenceNumber");
-        put_int(out, m.sequence_number);
-        put_text(out, "ingestTime");
-        put_int(out, m.ingest_time_ms);
-        put_text(out, "payload");
-        put_head(out, MAJOR_BYTES, m.payload.len() as u64);
-        out.extend_from_slice(&m.payload);
-    }
-    let len = (out.len() - start - 4) as u32;
-    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    let opcode = crate::wire::op::READ_RESPONSE;
+    put_success(out, opcode, request_id, "messages", |out| {
+        put_head(out, MAJOR_ARRAY, messages.len() as u64);
+        for m in messages {
+            put_head(out, MAJOR_MAP, 4);
+            put_text(out, "streamName");
+            put_text(out, stream);
+            put_text(out, "sequenceNumber");
+            put_int(out, m.sequence_number);
+            put_text(out, "ingestTime");
+            put_int(out, m.ingest_time_ms);
+            put_text(out, "payload");
+            put_head(out, MAJOR_BYTES, m.payload.len() as u64);
+            out.extend_from_slice(&m.payload);
+        }
+    });
 }
 
 #[cfg(test)]
