@@ -15,8 +15,10 @@
 //!   timeouts or `PeerLost`, never a hang.
 //! - [`memory`]: the C allocator's settings for processes that move large
 //!   messages through ZeroMQ.
+//! - [`limits`]: the open-file limit of processes that hold many descriptors.
 
 mod client;
+pub mod limits;
 pub mod memory;
 mod server;
 mod sockpath;

@@ -18,11 +18,13 @@ pub fn main() -> ExitCode {
         return code;
     }
     bus::memory::tune_allocator();
+    let files = bus::limits::raise_open_files();
     let config = match settings::Settings::from_env() {
         Ok(s) => IngestConfig::from_settings(&s),
         Err(problems) => return settings::report_problems("ingest", &problems),
     };
     settings::logging::init("ingest", &config.log, &["ingest", "bus"]);
+    tracing::info!(limit = files.soft, was = files.was, "open-file limit");
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -90,6 +90,21 @@ pub const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// access pattern (appends, then range scans) and keep the block index small.
 pub const DATA_BLOCK_BYTES: u32 = 64 * 1024;
 
+/// Most table and blob files fjall keeps open at once (its descriptor
+/// cache); a file not in it is opened when read.
+pub const FJALL_FILES_CACHED_MAX: usize = 256;
+/// Fewest files fjall's descriptor cache holds, however low the limit.
+pub const FJALL_FILES_CACHED_MIN: usize = 16;
+
+/// The size of fjall's descriptor cache: a quarter of the process's
+/// open-file limit (raised to its hard limit at start-up, `bus::limits`),
+/// within [`FJALL_FILES_CACHED_MIN`]..=[`FJALL_FILES_CACHED_MAX`]; the
+/// rest is left to the log, fjall's journal and the bus.
+pub fn fjall_files_cached() -> usize {
+    let quarter = bus::limits::open_files().soft / 4;
+    (quarter.min(FJALL_FILES_CACHED_MAX as u64) as usize).max(FJALL_FILES_CACHED_MIN)
+}
+
 /// Options of a stream's chunk keyspace. Chunks are only ever range-scanned,
 /// so no bloom filters are built, and no index block is pinned in memory:
 /// memory stays bounded by the memtables and the block cache whatever the
@@ -863,12 +878,15 @@ impl Engine {
         let db = Database::builder(dir)
             .cache_size(CACHE_BYTES)
             .max_journaling_size(JOURNAL_BYTES_MAX)
-            // No descriptor cache: fjall 3.1.13 never evicts a removed blob
-            // file's descriptor from it, so a deleted stream's or a trimmed
-            // chunk's blocks stayed allocated (seen: 181 deleted blob files
-            // held open, 96 MiB of a 128 MiB disk). Chunks are large, so
-            // opening a file per read costs little.
-            .max_cached_files(None)
+            // A bounded descriptor cache: without one, fjall 3.1.13 keeps
+            // every table and blob file open for as long as it exists (two
+            // descriptors per 1 MiB chunk: a 2 GiB backlog is 4,000
+            // descriptors, and a store limited to 1,024 failed with "Too
+            // many open files" after about 500 MiB and could not reopen).
+            // Files of trimmed chunks and of deleted streams leave the cache
+            // when fjall removes them (the applier drops a deleted stream's
+            // chunks before its keyspace, see `wal`).
+            .max_cached_files(Some(fjall_files_cached()))
             .worker_threads(WORKER_THREADS)
             .open()
             .map_err(|e| fail(e.to_string()))?;

@@ -25,11 +25,18 @@ pub fn main() -> ExitCode {
         return code;
     }
     crate::memory::tune_allocator();
+    let files = bus::limits::raise_open_files();
     let config = match settings::Settings::from_env() {
         Ok(s) => StoreConfig::from_settings(&s),
         Err(problems) => return settings::report_problems("store", &problems),
     };
     settings::logging::init("store", &config.log, &["store", "bus"]);
+    tracing::info!(
+        limit = files.soft,
+        was = files.was,
+        fjall_files_cached = crate::engine::fjall_files_cached(),
+        "open-file limit"
+    );
     match run(&config) {
         Ok(Stop::Requested) => ExitCode::SUCCESS,
         Ok(Stop::StorageFailure(e)) => {

@@ -204,19 +204,35 @@ impl Keyspaces {
             ticket.to_be_bytes().to_vec(),
         );
         batch.commit().map_err(|e| e.to_string())?;
-        let trimmed = after.iter().any(|a| matches!(a, After::Trim(..)));
+        let dropped = !after.is_empty();
         for a in after {
+            use fjall::AbstractTree;
             match a {
                 After::Trim(ks, end) => {
-                    use fjall::AbstractTree;
                     ks.tree
                         .drop_range::<&[u8], _>(..&end[..])
                         .map_err(|e| e.to_string())?;
                 }
-                After::Drop(ks) => self.db.delete_keyspace(ks).map_err(|e| e.to_string())?,
+                After::Drop(ks) => {
+                    // Chunks first: fjall then removes each file and its
+                    // descriptor from its cache as it does for a trim. A
+                    // keyspace deleted with its tables leaves their
+                    // descriptors cached (fjall 3.1.13), holding the
+                    // deleted files' blocks until they are evicted.
+                    ks.tree
+                        .compact(
+                            std::sync::Arc::new(fjall::compaction::Fifo::new(0, None)),
+                            u64::MAX,
+                        )
+                        .map_err(|e| e.to_string())?;
+                    ks.tree
+                        .drop_range::<&[u8], _>(..)
+                        .map_err(|e| e.to_string())?;
+                    self.db.delete_keyspace(ks).map_err(|e| e.to_string())?;
+                }
             }
         }
-        if trimmed {
+        if dropped {
             // The dropped tables' files go when fjall forgets the versions
             // that still list them, which it does when a memtable is sealed
             // (fjall 3.1.13 runs its version clean-up there, for every

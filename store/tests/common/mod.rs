@@ -20,7 +20,33 @@ pub struct StoreProcess {
 impl StoreProcess {
     /// Starts the store binary on `root` and waits until it answers.
     pub fn start(root: &Path) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_store"))
+        Self::spawn(root, Command::new(env!("CARGO_BIN_EXE_store")))
+    }
+
+    /// [`StoreProcess::start`] with `open_files` as both its soft and hard
+    /// limit on open descriptors (so the store cannot raise it).
+    pub fn start_with_open_files(root: &Path, open_files: u64) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_store"));
+        // SAFETY: setrlimit only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let l = libc::rlimit {
+                    rlim_cur: open_files as libc::rlim_t,
+                    rlim_max: open_files as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Self::spawn(root, cmd)
+    }
+
+    fn spawn(root: &Path, mut cmd: Command) -> Self {
+        let child = cmd
             .env("STREAM_MANAGER_STORE_ROOT_DIR", root)
             .env("LOG_LEVEL", "WARN")
             .stdin(Stdio::null())
