@@ -452,7 +452,9 @@ impl Driver {
         let mut any = false;
         while readable(socket) {
             loop {
-                let bytes = match socket.recv_bytes(zmq::DONTWAIT) {
+                // The reply is decoded straight from ZeroMQ's buffer (a
+                // read of 1,000 messages is a MiB: no copy of it first).
+                let bytes = match socket.recv_msg(zmq::DONTWAIT) {
                     Ok(bytes) => bytes,
                     Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
                     Err(e) => {

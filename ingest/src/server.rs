@@ -61,6 +61,9 @@ pub const STORE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// Ready response frames are gathered into one write up to this many bytes.
 pub const WRITE_COALESCE_BYTES: usize = 64 * 1024;
+/// A connection's write buffer is given back after a write when it grew
+/// past this many bytes (a read response may be many MiB).
+pub const WRITE_BUFFER_KEPT_BYTES: usize = 2 * WRITE_COALESCE_BYTES;
 /// A long-poll read is answered this much before the client's
 /// `readTimeoutMillis` (at most), so the answer is never late: a late
 /// answer breaks the Python SDK's reader (spec §6).
@@ -540,8 +543,18 @@ async fn write_responses(
             if wr.write_all(&out).await.is_err() {
                 return;
             }
-            out.clear();
+            recycle(&mut out);
         }
+    }
+}
+
+/// Empties a connection's write buffer after a write. A large read
+/// response leaves a large buffer: an idle connection keeps at most
+/// [`WRITE_BUFFER_KEPT_BYTES`] of it.
+fn recycle(out: &mut Vec<u8>) {
+    out.clear();
+    if out.capacity() > WRITE_BUFFER_KEPT_BYTES {
+        *out = Vec::new();
     }
 }
 
@@ -686,5 +699,31 @@ fn to_wire(id: &str, reply: Result<Response, BusError>, read_stream: Option<&str
             Some(&e.to_string()),
             Vec::new(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_buffer_keeps_one_writes_worth_and_gives_back_a_read_responses() {
+        let mut out = Vec::with_capacity(WRITE_COALESCE_BYTES);
+        out.extend_from_slice(&[1; 100]);
+        recycle(&mut out);
+        assert!(out.is_empty());
+        assert_eq!(
+            out.capacity(),
+            WRITE_COALESCE_BYTES,
+            "kept for the next write"
+        );
+        out.extend_from_slice(&vec![2; 1024 * 1024]);
+        recycle(&mut out);
+        assert!(out.is_empty());
+        assert!(
+            out.capacity() <= WRITE_BUFFER_KEPT_BYTES,
+            "{}",
+            out.capacity()
+        );
     }
 }
