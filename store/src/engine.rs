@@ -846,7 +846,7 @@ fn migrate_layout_1(ks: &Keyspaces, streams: &mut BTreeMap<String, Stream>) -> R
         );
     }
     batch.commit().map_err(|e| e.to_string())?;
-    ks.db.delete_keyspace(legacy).map_err(|e| e.to_string())?;
+    ks.delete_keyspace(legacy)?;
     ks.db
         .persist(PersistMode::SyncAll)
         .map_err(|e| e.to_string())
@@ -2568,6 +2568,34 @@ mod tests {
         let e = Engine::open(dir.path()).unwrap();
         assert!(!e.exists("s"));
         assert!(!folder.exists());
+    }
+
+    #[test]
+    fn a_stream_deleted_before_a_reopen_and_created_again_keeps_what_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut def = StreamDefinition::new("s", StrategyOnFull::RejectNewData);
+        def.max_size_bytes = Some(1024);
+        def.segment_size_bytes = Some(1024);
+        let mut e = Engine::open(dir.path()).unwrap();
+        e.create(&def).unwrap();
+        let first = e.streams["s"].id;
+        e.delete("s").unwrap();
+        drop(e);
+        drop(Engine::open(dir.path()).unwrap());
+        let mut e = Engine::open(dir.path()).unwrap();
+        e.create(&def).unwrap();
+        assert_ne!(e.streams["s"].id, first, "a stream id is never reused");
+        fill(&mut e, "s", 1);
+        drop(e);
+        let mut e = Engine::open(dir.path()).unwrap();
+        let mut t = def.clone();
+        t.name = "t".into();
+        e.create(&t).unwrap();
+        drop(e);
+        let e = Engine::open(dir.path()).unwrap();
+        let got = e.read("s", 0, 10).unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].payload, vec![7u8; 100]);
     }
 
     #[test]

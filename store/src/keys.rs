@@ -34,6 +34,9 @@ pub const KS_STATE: &str = "state";
 pub const LEGACY_KS_DATA: &str = "data";
 /// Prefix of the per-stream chunk keyspaces.
 pub const DATA_KS_PREFIX: &str = "data-";
+/// Empty keyspaces that only hold fjall's highest keyspace id (see
+/// `wal::Keyspaces::delete_keyspace`).
+pub const ID_MARK_PREFIX: &str = "idmark-";
 pub const KS_META: &str = "meta";
 
 pub const META_NEXT_STREAM_ID: &[u8] = b"next_stream_id";
