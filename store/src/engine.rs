@@ -688,7 +688,7 @@ fn chunk_records<'a>(
                 emit(key, value)?;
             }
         }
-        open.get_or_insert_with(|| ChunkBuilder::new(seq))
+        open.get_or_insert_with(|| ChunkBuilder::new(seq, CHUNK_BYTES_TARGET))
             .push(ms, payload);
     }
     match open.and_then(ChunkBuilder::finish) {
@@ -1687,7 +1687,9 @@ impl Engine {
                     data_key(stream.id, seq).to_vec(),
                     data_value(now, payload),
                 );
-                let open = stream.open.get_or_insert_with(|| ChunkBuilder::new(seq));
+                let open = stream
+                    .open
+                    .get_or_insert_with(|| ChunkBuilder::new(seq, CHUNK_BYTES_TARGET));
                 open.push(now, payload);
                 if open.bytes() >= CHUNK_BYTES_TARGET {
                     stream.seal();

@@ -155,21 +155,32 @@ pub const CHUNK_RECORD_OVERHEAD_BYTES: usize = 12;
 pub struct ChunkBuilder {
     pub first: u64,
     pub count: u64,
+    /// The size the chunk is sealed at (its owner seals it once `bytes()`
+    /// reaches it): the buffer grows by doubling up to this, then exactly.
+    sealed_at: usize,
     buf: Vec<u8>,
 }
 
 impl ChunkBuilder {
-    pub fn new(first: u64) -> Self {
-        let mut buf = Vec::with_capacity(4096);
+    pub fn new(first: u64, sealed_at: usize) -> Self {
+        let mut buf = Vec::with_capacity(4096.min(sealed_at.max(CHUNK_HEADER_BYTES)));
         buf.push(CHUNK_FORMAT);
         buf.extend_from_slice(&[0; 4]);
         ChunkBuilder {
             first,
             count: 0,
+            sealed_at,
             buf,
         }
     }
     pub fn push(&mut self, ingest_ms: u64, payload: &[u8]) {
+        // Doubling past the sealing size would leave up to twice the chunk
+        // allocated (and, from recycled memory, resident) per open chunk.
+        let need = self.buf.len() + CHUNK_RECORD_OVERHEAD_BYTES + payload.len();
+        if need > self.buf.capacity() {
+            let grown = (self.buf.capacity() * 2).min(self.sealed_at).max(need);
+            self.buf.reserve_exact(grown - self.buf.len());
+        }
         self.buf.extend_from_slice(&ingest_ms.to_be_bytes());
         self.buf
             .extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -306,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_chunk_round_trips_and_a_truncated_one_is_an_error() {
-        let mut b = ChunkBuilder::new(40);
+        let mut b = ChunkBuilder::new(40, 1 << 20);
         b.push(7, b"one");
         b.push(9, b"");
         b.push(11, &[5u8; 300]);
@@ -323,6 +334,22 @@ mod tests {
         let cut = ChunkView::parse(&value[..value.len() - 1]).unwrap();
         assert!(cut.records().any(|r| r.is_err()));
         assert!(ChunkView::parse(&[2, 0, 0, 0, 0]).is_none());
-        assert!(ChunkBuilder::new(0).finish().is_none());
+        assert!(ChunkBuilder::new(0, 1 << 20).finish().is_none());
+    }
+
+    #[test]
+    fn a_chunk_buffer_never_grows_past_what_its_records_need_beyond_the_sealing_size() {
+        let sealed_at = 1 << 20;
+        let mut b = ChunkBuilder::new(0, sealed_at);
+        let payload = [1u8; 1000];
+        while b.bytes() < sealed_at {
+            b.push(0, &payload);
+            assert!(
+                b.buf.capacity() <= sealed_at.max(b.bytes()),
+                "{} bytes in a buffer of {}",
+                b.bytes(),
+                b.buf.capacity()
+            );
+        }
     }
 }
