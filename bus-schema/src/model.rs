@@ -479,6 +479,10 @@ pub enum LossCause {
     Skipped,
     /// The stream was deleted.
     Deleted,
+    /// Found missing at the store's start: acknowledged, then gone from the
+    /// database without the store removing them (files removed or damaged
+    /// outside it).
+    Missing,
 }
 
 impl LossCause {
@@ -489,6 +493,7 @@ impl LossCause {
             LossCause::MaxSize => "max-size",
             LossCause::Skipped => "skipped",
             LossCause::Deleted => "deleted",
+            LossCause::Missing => "missing",
         }
     }
 }

@@ -713,6 +713,18 @@ fn write_chunks<'a>(
     })
 }
 
+/// The first sequence number of the first chunk of `ks`, if any.
+fn chunks_start(ks: &Keyspace) -> Result<Option<u64>, String> {
+    match ks.first_key_value() {
+        None => Ok(None),
+        Some(g) => {
+            let k = g.key().map_err(|e| e.to_string())?;
+            let (first, _) = parse_chunk_key(&k).ok_or("malformed chunk key")?;
+            Ok(Some(first))
+        }
+    }
+}
+
 /// The sequence number after the last chunk of `ks`, if any.
 fn chunks_end(ks: &Keyspace) -> Result<Option<u64>, String> {
     match ks.last_key_value() {
@@ -979,6 +991,10 @@ impl Engine {
             engine
                 .skip_reserved()
                 .map_err(|e| fail(format!("cannot skip the reserved sequence numbers: {e}")))?;
+        } else {
+            engine
+                .record_missing()
+                .map_err(|e| fail(format!("cannot record missing messages: {e}")))?;
         }
         make_reserve(&reserve);
         Ok(engine)
@@ -1012,6 +1028,75 @@ impl Engine {
                 );
                 s.holes.push((from, to));
                 s.next = to;
+                batch.insert(Ks::State, state_key(s.id), cbor(&s.state_record()));
+            }
+        }
+        if !batch.is_empty() {
+            self.commit(batch, true)?;
+        }
+        Ok(())
+    }
+
+    /// In the boot it was written in, a store holds every message it
+    /// acknowledged: in fjall, or rebuilt from the log. Messages that are
+    /// neither were lost outside the store (files removed or damaged, or
+    /// fjall losing a keyspace): each such range becomes a hole that reads
+    /// pass over and a loss-ledger entry (`LossCause::Missing`), logged as
+    /// an error, never a stream that silently reads as empty.
+    fn record_missing(&mut self) -> Result<(), EngineError> {
+        let mut batch = WriteSet::default();
+        let now = now_ms();
+        for s in self.streams.values_mut() {
+            let Some(ks) = s.ks.as_ref().filter(|_| s.is_file()) else {
+                continue;
+            };
+            let first_in_db = chunks_start(ks).map_err(EngineError::Storage)?;
+            let stored_start = first_in_db
+                .or(s.sealed.front().map(|c| c.first))
+                .unwrap_or(s.next);
+            let stored_end = match s.sealed.back() {
+                Some(c) => c.last + 1,
+                None => chunks_end(ks).map_err(EngineError::Storage)?.unwrap_or(0),
+            };
+            // Before the first stored message, and after the last one;
+            // holes (numbers skipped after a power loss) are not missing.
+            let holes_end = s.holes.iter().map(|&(_, b)| b).max().unwrap_or(0);
+            let mut gaps = Vec::new();
+            if s.oldest < stored_start.min(s.next) {
+                gaps.push((s.oldest, stored_start.min(s.next)));
+            }
+            let tail = stored_end.max(stored_start).max(s.oldest).max(holes_end);
+            if tail < s.next {
+                gaps.push((tail, s.next));
+            }
+            for (from, to) in gaps {
+                if s.holes.iter().any(|&(a, b)| a < to && from < b) {
+                    continue;
+                }
+                tracing::error!(
+                    stream = %s.def.name,
+                    first = from,
+                    last = to - 1,
+                    messages = to - from,
+                    "acknowledged messages are missing from the database: recorded as lost (cause missing)"
+                );
+                record_loss(
+                    &mut self.ledger,
+                    &mut batch,
+                    Loss {
+                        sid: s.id,
+                        stream: &s.def.name,
+                        export: None,
+                        cause: LossCause::Missing,
+                        first: from,
+                        last: to - 1,
+                        messages: to - from,
+                        time_ms: now,
+                        detail: Some("not in the database when the store started"),
+                    },
+                );
+                s.holes.push((from, to));
+                s.holes.sort_unstable();
                 batch.insert(Ks::State, state_key(s.id), cbor(&s.state_record()));
             }
         }
@@ -2598,6 +2683,60 @@ mod tests {
         let got = e.read("s", 0, 10).unwrap();
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].payload, vec![7u8; 100]);
+    }
+
+    #[test]
+    fn messages_gone_from_the_database_are_recorded_as_lost_at_open_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Engine::open(dir.path()).unwrap();
+        let mut def = StreamDefinition::new("s", StrategyOnFull::RejectNewData);
+        def.max_size_bytes = Some(1 << 30);
+        e.create(&def).unwrap();
+        // More than a log file: the first file's messages live only in
+        // fjall once the file is removed.
+        let payload = vec![3u8; 64 * 1024];
+        let total = (crate::wal::LOG_FILE_BYTES as usize / payload.len()) as u64 * 3 / 2;
+        for _ in 0..total {
+            let item = AppendItem {
+                stream: "s",
+                payload: &payload,
+            };
+            let (results, _) = e.append_batch(&[item]).unwrap();
+            assert!(results[0].is_ok());
+        }
+        e.sync().unwrap();
+        let name = e.streams["s"].ks.as_ref().unwrap().name().to_string();
+        drop(e);
+        // Something outside the store takes the stream's chunks away.
+        {
+            let db = Database::builder(dir.path()).open().unwrap();
+            let ks = db.keyspace(&name, data_keyspace_options).unwrap();
+            db.delete_keyspace(ks).unwrap();
+        }
+        let mut e = Engine::open(dir.path()).unwrap();
+        let missing = |e: &Engine| -> Vec<LossEntry> {
+            e.losses()
+                .into_iter()
+                .filter(|l| l.cause == LossCause::Missing)
+                .collect()
+        };
+        let lost = missing(&e);
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        let lost_count = lost[0].messages as u64;
+        assert!(
+            lost_count > 0 && lost_count < total,
+            "{lost_count} of {total}"
+        );
+        let kept = e.read("s", 0, total).unwrap();
+        assert_eq!(kept.len() as u64, total - lost_count, "the log's messages");
+        assert_eq!(kept[0].sequence_number as u64, lost_count);
+        fill(&mut e, "s", 1);
+        drop(e);
+        let e = Engine::open(dir.path()).unwrap();
+        assert_eq!(missing(&e)[0].messages as u64, lost_count, "recorded once");
+        let read = e.read("s", 0, total + 1).unwrap();
+        assert_eq!(read.len() as u64, total - lost_count + 1);
+        assert_eq!(read.last().unwrap().sequence_number as u64, total);
     }
 
     #[test]

@@ -38,6 +38,7 @@ fn cause_tag(c: LossCause) -> u8 {
         LossCause::MaxSize => 2,
         LossCause::Skipped => 3,
         LossCause::Deleted => 4,
+        LossCause::Missing => 5,
     }
 }
 
