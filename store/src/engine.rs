@@ -1172,7 +1172,7 @@ impl Engine {
         );
         let mut dropped = MetricFamily::new(
             "sm_stream_dropped_messages_total",
-            "Messages that left the stream by its storage policy (overwrite, ttl, max-size: durable), or appends refused because it was full (rejected-full: since the store started).",
+            "Messages that left the stream by its storage policy (overwrite, ttl, max-size: durable), found missing from the database at a start (missing: durable), or appends refused because it was full (rejected-full: since the store started).",
             Counter,
         );
         let mut lag = MetricFamily::new(
@@ -1197,7 +1197,7 @@ impl Engine {
         );
         let mut skipped = MetricFamily::new(
             "sm_export_records_skipped_total",
-            "Records that left without being exported, by cause (overwrite, ttl, max-size: removed before the exporter read them; skipped: undeliverable), from the loss ledger.",
+            "Records that left without being exported, by cause (overwrite, ttl, max-size, missing: gone before the exporter read them; skipped: undeliverable), from the loss ledger.",
             Counter,
         );
         let mut failing = MetricFamily::new(
