@@ -713,27 +713,31 @@ fn write_chunks<'a>(
     })
 }
 
+/// The first and last sequence numbers of a chunk entry, if any.
+fn chunk_bounds(entry: Option<fjall::Guard>) -> Result<Option<(u64, u64)>, String> {
+    let Some(g) = entry else { return Ok(None) };
+    let k = g.key().map_err(|e| e.to_string())?;
+    parse_chunk_key(&k)
+        .map(Some)
+        .ok_or_else(|| "malformed chunk key".to_string())
+}
+
 /// The first sequence number of the first chunk of `ks`, if any.
 fn chunks_start(ks: &Keyspace) -> Result<Option<u64>, String> {
-    match ks.first_key_value() {
-        None => Ok(None),
-        Some(g) => {
-            let k = g.key().map_err(|e| e.to_string())?;
-            let (first, _) = parse_chunk_key(&k).ok_or("malformed chunk key")?;
-            Ok(Some(first))
-        }
-    }
+    Ok(chunk_bounds(ks.first_key_value())?.map(|(first, _)| first))
 }
 
 /// The sequence number after the last chunk of `ks`, if any.
 fn chunks_end(ks: &Keyspace) -> Result<Option<u64>, String> {
-    match ks.last_key_value() {
-        None => Ok(None),
-        Some(g) => {
-            let k = g.key().map_err(|e| e.to_string())?;
-            let (_, last) = parse_chunk_key(&k).ok_or("malformed chunk key")?;
-            Ok(Some(last + 1))
-        }
+    Ok(chunk_bounds(ks.last_key_value())?.map(|(_, last)| last + 1))
+}
+
+/// Where a File stream's stored messages end: after its last sealed chunk
+/// in memory, else after its last chunk in fjall.
+fn stored_end(s: &Stream, ks: &Keyspace) -> Result<u64, EngineError> {
+    match s.sealed.back() {
+        Some(c) => Ok(c.last + 1),
+        None => Ok(chunks_end(ks).map_err(EngineError::Storage)?.unwrap_or(0)),
     }
 }
 
@@ -1013,10 +1017,7 @@ impl Engine {
             // Where the stored messages end: the segment table may have
             // reached the disk with appends whose messages did not (fjall's
             // journal and the log are synced one after the other).
-            let stored_end = match s.sealed.back() {
-                Some(c) => c.last + 1,
-                None => chunks_end(ks).map_err(EngineError::Storage)?.unwrap_or(0),
-            };
+            let stored_end = stored_end(s, ks)?;
             let from = stored_end.min(s.next).max(s.oldest);
             let to = s.reserved.max(s.next);
             if to > from {
@@ -1054,10 +1055,7 @@ impl Engine {
             let stored_start = first_in_db
                 .or(s.sealed.front().map(|c| c.first))
                 .unwrap_or(s.next);
-            let stored_end = match s.sealed.back() {
-                Some(c) => c.last + 1,
-                None => chunks_end(ks).map_err(EngineError::Storage)?.unwrap_or(0),
-            };
+            let stored_end = stored_end(s, ks)?;
             // Before the first stored message, and after the last one;
             // holes (numbers skipped after a power loss) are not missing.
             let holes_end = s.holes.iter().map(|&(_, b)| b).max().unwrap_or(0);

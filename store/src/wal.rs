@@ -176,6 +176,7 @@ impl Keyspaces {
             .into_iter()
             .filter(|k| k.name().starts_with(ID_MARK_PREFIX))
             .collect();
+        let mut top = highest;
         if ks.id() > highest {
             let n = marks
                 .iter()
@@ -183,20 +184,14 @@ impl Keyspaces {
                 .max()
                 .map_or(0, |n| n + 1);
             let name = format!("{ID_MARK_PREFIX}{n}");
-            self.db
+            top = self
+                .db
                 .keyspace(&name, KeyspaceCreateOptions::default)
-                .map_err(err)?;
+                .map_err(err)?
+                .id();
         }
         self.db.delete_keyspace(ks).map_err(err)?;
-        let highest = self
-            .db
-            .list_keyspace_names()
-            .into_iter()
-            .filter_map(|n| self.db.keyspace(&n, KeyspaceCreateOptions::default).ok())
-            .map(|k| k.id())
-            .max()
-            .unwrap_or(0);
-        marks.retain(|k| k.id() < highest);
+        marks.retain(|k| k.id() < top);
         for mark in marks {
             self.db.delete_keyspace(mark).map_err(err)?;
         }
@@ -256,7 +251,7 @@ impl Keyspaces {
             ticket.to_be_bytes().to_vec(),
         );
         batch.commit().map_err(|e| e.to_string())?;
-        let dropped = !after.is_empty();
+        let trimmed = after.iter().any(|a| matches!(a, After::Trim(..)));
         for a in after {
             use fjall::AbstractTree;
             match a {
@@ -288,14 +283,11 @@ impl Keyspaces {
                             u64::MAX,
                         )
                         .map_err(|e| e.to_string())?;
-                    ks.tree
-                        .drop_range::<&[u8], _>(..)
-                        .map_err(|e| e.to_string())?;
                     self.delete_keyspace(ks)?;
                 }
             }
         }
-        if dropped {
+        if trimmed {
             // The dropped tables' files go when fjall forgets the versions
             // that still list them, which it does when a memtable is sealed
             // (fjall 3.1.13 runs its version clean-up there, for every
