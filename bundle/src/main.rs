@@ -7,13 +7,13 @@
 //! isolation is unchanged, only the code is shared (one copy of the AWS SDK
 //! runtime, TLS and ZeroMQ on disk and in the page cache instead of five).
 //!
-//! Every process of the bundle allocates through jemalloc with the store's
-//! settings (`store::memory`).
+//! Every process of the bundle allocates through jemalloc, the C library's
+//! allocations (ZeroMQ's) included (`bus::memory`).
 
 use std::process::ExitCode;
 
-// Every process's allocator (see `store::memory`).
-store::jemalloc_with_store_settings!();
+// Every process's allocator (see `bus::memory`).
+bus::jemalloc_allocator!();
 
 /// A process's entry point.
 type Entry = fn() -> ExitCode;

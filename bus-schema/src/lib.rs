@@ -10,6 +10,7 @@
 //! reject out-of-range values with a precise message instead of a decoder error.
 
 mod codec;
+pub mod messages;
 pub mod metrics;
 mod model;
 

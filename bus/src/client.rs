@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bus_schema::messages::MessagesReply;
 use bus_schema::{
     decode, encode, Request, RequestEnvelope, Response, ResponseEnvelope, BUS_MESSAGE_BYTES_MAX,
     BUS_PROTOCOL_VERSION,
@@ -50,7 +51,39 @@ impl Default for BusClientConfig {
     }
 }
 
-type Reply = Result<Response, BusError>;
+type Reply = Result<BusReply, BusError>;
+
+/// A reply as a caller gets it from [`PendingReply::raw`]: a `Messages`
+/// reply stays in the buffer ZeroMQ received it in, to be read in place
+/// (a catch-up read is a MiB or more); any other reply is decoded.
+#[derive(Debug)]
+pub enum BusReply {
+    Response(Response),
+    Messages(MessagesBuffer),
+}
+
+impl BusReply {
+    /// The reply decoded (a `Messages` reply copied out of its buffer).
+    pub fn into_response(self) -> Response {
+        match self {
+            Self::Response(r) => r,
+            Self::Messages(m) => Response::Messages(m.reply().to_messages()),
+        }
+    }
+}
+
+/// A `Messages` reply in the buffer it was received in, checked whole.
+#[derive(Debug)]
+pub struct MessagesBuffer(zmq::Message);
+
+impl MessagesBuffer {
+    /// The reply, read in place.
+    pub fn reply(&self) -> MessagesReply<'_> {
+        // The driver let this buffer through only once it parsed, and the
+        // bytes cannot change since: this parse succeeds as that one did.
+        MessagesReply::parse(&self.0).unwrap_or_else(|| unreachable!("checked when received"))
+    }
+}
 
 struct Outgoing {
     id: u64,
@@ -231,6 +264,28 @@ impl PendingReply {
     pub async fn wait(self) -> Result<Response, BusError> {
         self.await
     }
+
+    /// The reply as it came: a `Messages` reply is not decoded (see
+    /// [`BusReply`]). An error reply is still `Err(BusError::Remote)`.
+    pub fn raw(self) -> RawPendingReply {
+        RawPendingReply { rx: self.rx }
+    }
+}
+
+/// [`PendingReply::raw`]: the reply to come, not decoded.
+pub struct RawPendingReply {
+    rx: oneshot::Receiver<Reply>,
+}
+
+impl std::future::Future for RawPendingReply {
+    type Output = Result<BusReply, BusError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx).poll(cx).map(flatten_raw)
+    }
 }
 
 /// The reply itself, for callers that poll many pending replies in one task.
@@ -268,8 +323,12 @@ async fn enqueue(
 }
 
 fn flatten(received: Result<Reply, oneshot::error::RecvError>) -> Result<Response, BusError> {
+    flatten_raw(received).map(BusReply::into_response)
+}
+
+fn flatten_raw(received: Result<Reply, oneshot::error::RecvError>) -> Result<BusReply, BusError> {
     match received {
-        Ok(Ok(Response::Error(e))) => Err(BusError::Remote(e)),
+        Ok(Ok(BusReply::Response(Response::Error(e)))) => Err(BusError::Remote(e)),
         Ok(other) => other,
         Err(_) => Err(BusError::Closed),
     }
@@ -462,7 +521,7 @@ impl Driver {
                         break;
                     }
                 };
-                deliver(&self.endpoint, &mut self.pending, &bytes);
+                deliver(&self.endpoint, &mut self.pending, bytes);
                 any = true;
             }
         }
@@ -527,7 +586,17 @@ impl Driver {
 }
 
 /// Hands one reply to whoever waits for it.
-fn deliver(endpoint: &str, pending: &mut HashMap<u64, Pending>, bytes: &[u8]) {
+fn deliver(endpoint: &str, pending: &mut HashMap<u64, Pending>, bytes: zmq::Message) {
+    if let Some(id) = MessagesReply::parse(&bytes).map(|r| r.id) {
+        match pending.remove(&id) {
+            Some(p) => {
+                let _ = p.reply.send(Ok(BusReply::Messages(MessagesBuffer(bytes))));
+            }
+            None => tracing::debug!(id, "late bus reply dropped"),
+        }
+        return;
+    }
+    let bytes = &bytes[..];
     let envelope: ResponseEnvelope = match decode(bytes) {
         Ok(envelope) => envelope,
         Err(e) => {
@@ -546,7 +615,7 @@ fn deliver(endpoint: &str, pending: &mut HashMap<u64, Pending>, bytes: &[u8]) {
     };
     match pending.remove(&envelope.id) {
         Some(p) => {
-            let _ = p.reply.send(Ok(envelope.body));
+            let _ = p.reply.send(Ok(BusReply::Response(envelope.body)));
         }
         None => tracing::debug!(id = envelope.id, "late bus reply dropped"),
     }

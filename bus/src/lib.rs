@@ -24,7 +24,9 @@ mod server;
 mod sockpath;
 
 mod threads;
-pub use client::{BusClient, BusClientConfig, PendingReply};
+pub use client::{
+    BusClient, BusClientConfig, BusReply, MessagesBuffer, PendingReply, RawPendingReply,
+};
 pub use server::{BusServer, Incoming, PeerId};
 pub use sockpath::socket_path;
 

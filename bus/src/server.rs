@@ -120,10 +120,12 @@ impl BusServer {
     /// Sends a reply. A peer that has gone, or stopped reading, loses the
     /// reply; its own request deadline covers that.
     pub fn send(&self, peer: &PeerId, response: &ResponseEnvelope) -> Result<(), BusError> {
-        let bytes = encode(response)?;
+        // The encoded reply is handed to ZeroMQ as it is (no copy into a
+        // buffer of ZeroMQ's own: a read reply may be many MiB).
+        let body = zmq::Message::from(encode(response)?);
         match self
             .socket
-            .send_multipart([peer.0.as_slice(), bytes.as_slice()], zmq::DONTWAIT)
+            .send_multipart([zmq::Message::from(peer.0.as_slice()), body], zmq::DONTWAIT)
         {
             Ok(()) | Err(zmq::Error::EAGAIN) | Err(zmq::Error::EHOSTUNREACH) => Ok(()),
             Err(e) => Err(BusError::zmq(&self.endpoint, e)),

@@ -11,7 +11,7 @@
 //! general way, which decides and words any error; and the response bytes are
 //! the ones [`crate::wire::response`] encodes (tests compare both).
 
-use bus_schema::Message;
+use bus_schema::messages::MessagesReply;
 
 /// CBOR major types used here.
 const MAJOR_BYTES: u8 = 2;
@@ -198,13 +198,19 @@ pub fn put_append_response(out: &mut Vec<u8>, request_id: &str, sequence_number:
 /// Appends to `out` the whole frame of a successful read response:
 /// `requestId`, `status` 0, and `messages`, each with `streamName`,
 /// `sequenceNumber`, `ingestTime` and `payload`.
-pub fn put_read_response(out: &mut Vec<u8>, request_id: &str, stream: &str, messages: &[Message]) {
-    let payloads: usize = messages.iter().map(|m| m.payload.len() + 64).sum();
-    out.reserve(64 + request_id.len() + payloads + messages.len() * stream.len());
+/// The messages are read in place from the store's reply.
+pub fn put_read_response(
+    out: &mut Vec<u8>,
+    request_id: &str,
+    stream: &str,
+    messages: &MessagesReply<'_>,
+) {
+    let per_message = 64 + stream.len();
+    out.reserve(64 + request_id.len() + messages.payload_bytes() + messages.len() * per_message);
     let opcode = crate::wire::op::READ_RESPONSE;
     put_success(out, opcode, request_id, "messages", |out| {
         put_head(out, MAJOR_ARRAY, messages.len() as u64);
-        for m in messages {
+        for m in messages.iter() {
             put_head(out, MAJOR_MAP, 4);
             put_text(out, "streamName");
             put_text(out, stream);
@@ -214,7 +220,7 @@ pub fn put_read_response(out: &mut Vec<u8>, request_id: &str, stream: &str, mess
             put_int(out, m.ingest_time_ms);
             put_text(out, "payload");
             put_head(out, MAJOR_BYTES, m.payload.len() as u64);
-            out.extend_from_slice(&m.payload);
+            out.extend_from_slice(m.payload);
         }
     });
 }
@@ -223,6 +229,8 @@ pub fn put_read_response(out: &mut Vec<u8>, request_id: &str, stream: &str, mess
 mod tests {
     use super::*;
     use crate::wire::{self, op, ClientRequest};
+    use bus_schema::messages::{put_messages_reply, MessageRef};
+    use bus_schema::Message;
     use ciborium::Value;
     use proptest::prelude::*;
 
@@ -347,8 +355,11 @@ mod tests {
                     payload,
                 })
                 .collect();
+            let refs: Vec<MessageRef<'_>> = messages.iter().map(MessageRef::from).collect();
+            let mut reply = Vec::new();
+            put_messages_reply(&mut reply, 1, 9, &refs);
             let mut fast = vec![7u8];
-            put_read_response(&mut fast, &id, &stream, &messages);
+            put_read_response(&mut fast, &id, &stream, &MessagesReply::parse(&reply).unwrap());
             let general = wire::frame(
                 op::READ_RESPONSE,
                 &wire::response(&id, wire::status::SUCCESS, None, wire::read_fields(&stream, messages)),

@@ -43,12 +43,15 @@ pub fn operation(opcode: u8) -> &'static str {
     }
 }
 
+/// The outcome label of an answered request.
+pub const SUCCESS: &str = "success";
+
 /// The outcome label of a store answer.
 pub fn outcome(reply: &Result<Response, BusError>) -> &'static str {
     use bus_schema::ErrorKind as K;
     match reply {
         Ok(Response::Error(_)) => "error",
-        Ok(_) => "success",
+        Ok(_) => SUCCESS,
         Err(BusError::Remote(e)) => match e.kind {
             K::InvalidRequest => "invalid-request",
             K::ResourceNotFound => "not-found",

@@ -17,7 +17,6 @@ pub fn main() -> ExitCode {
     ) {
         return code;
     }
-    bus::memory::tune_allocator();
     let files = bus::limits::raise_open_files();
     let config = match settings::Settings::from_env() {
         Ok(s) => IngestConfig::from_settings(&s),

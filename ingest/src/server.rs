@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bus::{BusClient, BusError, PendingReply};
+use bus::{BusClient, BusError, BusReply, RawPendingReply};
 use bus_schema::{Request, Response};
 use futures_util::{stream::FuturesUnordered, FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -387,7 +387,7 @@ async fn connection(
         let (bus_request, timeout, read_stream) = to_bus(request, settings.store_timeout);
         let submitted = std::time::Instant::now();
         let answer = Answer {
-            reply: bus.submit(bus_request, timeout).await,
+            reply: bus.submit(bus_request, timeout).await.map(|p| p.raw()),
             asked: Some(Asked {
                 request_id: id,
                 opcode,
@@ -483,12 +483,12 @@ struct Asked {
 
 /// The store's reply to come (or the submission's failure), and the request.
 struct Answer {
-    reply: Result<PendingReply, BusError>,
+    reply: Result<RawPendingReply, BusError>,
     asked: Option<Asked>,
 }
 
 impl Future for Answer {
-    type Output = (Asked, Result<Response, BusError>);
+    type Output = (Asked, Result<BusReply, BusError>);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let reply = match &mut self.reply {
@@ -562,28 +562,30 @@ fn recycle(out: &mut Vec<u8>) {
 fn respond(
     out: &mut Vec<u8>,
     asked: Asked,
-    reply: Result<Response, BusError>,
+    reply: Result<BusReply, BusError>,
     metrics: &IngestMetrics,
 ) {
+    let reply = match (reply, asked.opcode, &asked.read_stream) {
+        (Ok(BusReply::Messages(messages)), op::READ, Some(stream)) => {
+            let operation = metrics::operation(asked.opcode);
+            metrics.answered(operation, metrics::SUCCESS, asked.submitted.elapsed());
+            return fast::put_read_response(out, &asked.request_id, stream, &messages.reply());
+        }
+        (reply, ..) => reply.map(BusReply::into_response),
+    };
     metrics.answered(
         metrics::operation(asked.opcode),
         metrics::outcome(&reply),
         asked.submitted.elapsed(),
     );
-    match (&reply, asked.opcode, &asked.read_stream) {
-        (
-            Ok(Response::Appended {
-                sequence_number, ..
-            }),
-            op::APPEND,
-            _,
-        ) => {
-            return fast::put_append_response(out, &asked.request_id, *sequence_number);
-        }
-        (Ok(Response::Messages(messages)), op::READ, Some(stream)) => {
-            return fast::put_read_response(out, &asked.request_id, stream, messages);
-        }
-        _ => {}
+    if let (
+        Ok(Response::Appended {
+            sequence_number, ..
+        }),
+        op::APPEND,
+    ) = (&reply, asked.opcode)
+    {
+        return fast::put_append_response(out, &asked.request_id, *sequence_number);
     }
     let body = to_wire(&asked.request_id, reply, asked.read_stream.as_deref());
     out.extend_from_slice(&wire::frame(wire::response_op(asked.opcode), &body));

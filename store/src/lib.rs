@@ -11,7 +11,6 @@ pub mod engine;
 pub mod keys;
 pub mod ledger;
 pub mod load;
-pub mod memory;
 pub mod priority;
 pub mod process;
 pub mod server;

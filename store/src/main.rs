@@ -3,8 +3,8 @@
 //! `STREAM_MANAGER_STORE_ROOT_DIR`, serves the bus until SIGTERM/SIGINT or a
 //! `Shutdown` request, syncs and exits.
 
-// The store's allocator; see `store::memory`.
-store::jemalloc_with_store_settings!();
+// The store's allocator, jemalloc (see `bus::memory`).
+bus::jemalloc_allocator!();
 
 fn main() -> std::process::ExitCode {
     store::process::main()

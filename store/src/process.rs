@@ -24,7 +24,6 @@ pub fn main() -> ExitCode {
     ) {
         return code;
     }
-    crate::memory::tune_allocator();
     let files = bus::limits::raise_open_files();
     let config = match settings::Settings::from_env() {
         Ok(s) => StoreConfig::from_settings(&s),

@@ -194,6 +194,37 @@ fn all_processes_come_up_status_lists_them_and_an_sdk_client_appends() {
     assert_eq!(s["streams"][0]["newest_sequence_number"], 0);
     let table = r.command(&["status"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("PROCESS"));
+    // The store and the ingest run on jemalloc with its settings read
+    // (`bus::memory`): its background thread exists only when they were.
+    for p in s["processes"].as_array().unwrap() {
+        if ["store", "ingest"].contains(&p["name"].as_str().unwrap()) {
+            let pid = p["pid"].as_u64().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !thread_names(pid).contains(&bus::memory::JEMALLOC_BACKGROUND_THREAD.to_string())
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: threads {:?}",
+                    p["name"],
+                    thread_names(pid)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// The names of a process's threads.
+fn thread_names(pid: u64) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[test]
