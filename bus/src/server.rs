@@ -120,9 +120,18 @@ impl BusServer {
     /// Sends a reply. A peer that has gone, or stopped reading, loses the
     /// reply; its own request deadline covers that.
     pub fn send(&self, peer: &PeerId, response: &ResponseEnvelope) -> Result<(), BusError> {
-        // The encoded reply is handed to ZeroMQ as it is (no copy into a
-        // buffer of ZeroMQ's own: a read reply may be many MiB).
-        let body = zmq::Message::from(encode(response)?);
+        self.send_encoded(peer, encode(response)?)
+    }
+
+    /// Sends a reply already encoded (for example with
+    /// `bus_schema::messages::put_messages_reply`); same delivery as
+    /// [`BusServer::send`]. The bytes are handed to ZeroMQ as they are (no
+    /// copy into a buffer of ZeroMQ's own: a read reply may be many MiB).
+    pub fn send_encoded(&self, peer: &PeerId, reply: Vec<u8>) -> Result<(), BusError> {
+        if reply.len() > BUS_MESSAGE_BYTES_MAX {
+            return Err(BusError::Codec(CodecError::TooLarge(reply.len())));
+        }
+        let body = zmq::Message::from(reply);
         match self
             .socket
             .send_multipart([zmq::Message::from(peer.0.as_slice()), body], zmq::DONTWAIT)

@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use bus_schema::{
-    ErrorKind, ErrorReply, ExportProgress, ExportStatus, LossCause, LossEntry, Message,
-    Persistence, StorageStatus, StrategyOnFull, StreamDefinition, StreamInfo,
+    messages::MessageRef, ErrorKind, ErrorReply, ExportProgress, ExportStatus, LossCause,
+    LossEntry, Message, Persistence, StorageStatus, StrategyOnFull, StreamDefinition, StreamInfo,
     MESSAGE_PAYLOAD_BYTES_MAX, READ_RESPONSE_BYTES_TARGET,
 };
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
@@ -1968,6 +1968,21 @@ impl Engine {
         max_count: u64,
         max_bytes: usize,
     ) -> Result<Vec<Message>, EngineError> {
+        self.read_with(name, start, max_count, max_bytes, |messages| {
+            messages.iter().map(MessageRef::to_message).collect()
+        })
+    }
+
+    /// `read_bounded`, handing the messages to `f` where they are (no copy
+    /// of a payload): the server writes its reply straight from them.
+    pub fn read_with<R>(
+        &self,
+        name: &str,
+        start: u64,
+        max_count: u64,
+        max_bytes: usize,
+        f: impl FnOnce(&[MessageRef<'_>]) -> R,
+    ) -> Result<R, EngineError> {
         self.check_failed()?;
         let max_bytes = max_bytes.min(READ_RESPONSE_BYTES_TARGET);
         let s = self.streams.get(name).ok_or_else(|| not_found(name))?;
@@ -1985,103 +2000,100 @@ impl Engine {
         } else {
             s.next
         };
+        let budget = ReadBudget {
+            from,
+            to,
+            max_count,
+            max_bytes,
+            count: 0,
+            bytes: 0,
+        };
         let mut out = Vec::new();
-        let mut bytes = 0usize;
         if from >= to {
-            return Ok(out);
+            return Ok(f(&out));
         }
-        match &s.mem {
-            Some(mem) => {
-                let skip = (from - s.oldest) as usize;
-                for (i, r) in mem.iter().skip(skip).take((to - from) as usize).enumerate() {
-                    if !out.is_empty() && bytes + r.payload.len() > max_bytes {
-                        break;
-                    }
-                    bytes += r.payload.len();
-                    out.push(Message {
-                        sequence_number: (from + i as u64) as i64,
-                        ingest_time_ms: r.ingest_ms as i64,
-                        payload: r.payload.clone(),
-                    });
+        if let Some(mem) = &s.mem {
+            let skip = (from - s.oldest) as usize;
+            let mut budget = budget;
+            for (i, r) in mem.iter().skip(skip).take((to - from) as usize).enumerate() {
+                if !budget.admits(r.payload.len()) {
+                    break;
                 }
+                out.push(MessageRef {
+                    sequence_number: (from + i as u64) as i64,
+                    ingest_time_ms: r.ingest_ms as i64,
+                    payload: &r.payload,
+                });
             }
-            None => {
-                let malformed = || {
-                    EngineError::Refused(ErrorReply::new(
-                        ErrorKind::StoreReadError,
-                        format!("stream {name:?} has a malformed chunk"),
-                    ))
-                };
-                // Adds the records of a chunk that fall in `from..to`;
-                // false once the byte budget is spent.
-                let mut take = |first: u64, chunk: ChunkView<'_>| -> Result<bool, EngineError> {
-                    for (i, r) in chunk.records().enumerate() {
-                        let seq = first + i as u64;
-                        if seq < from {
-                            continue;
-                        }
-                        if seq >= to || out.len() as u64 >= max_count {
-                            return Ok(false);
-                        }
-                        let (ms, payload) = r.map_err(|()| malformed())?;
-                        if !out.is_empty() && bytes + payload.len() > max_bytes {
-                            return Ok(false);
-                        }
-                        bytes += payload.len();
-                        out.push(Message {
-                            sequence_number: seq as i64,
-                            ingest_time_ms: ms as i64,
-                            payload: payload.to_vec(),
-                        });
-                    }
-                    Ok(true)
-                };
-                // fjall holds every record before the first one in memory.
-                let split = s.memory_first().clamp(from, to);
-                let mut more = true;
-                if let (Some(ks), true) = (&s.ks, from < split) {
-                    let read_error = |e: fjall::Error| {
-                        EngineError::Refused(ErrorReply::new(
-                            ErrorKind::StoreReadError,
-                            format!("reading stream {name:?} failed: {e}"),
-                        ))
-                    };
-                    // The chunk holding `from` starts at or before it.
-                    let start = match ks.range(..=chunk_key(from, u64::MAX)).next_back() {
-                        Some(g) => {
-                            let k = g.key().map_err(read_error)?;
-                            match parse_chunk_key(&k) {
-                                Some((first, last)) if last >= from => chunk_key(first, last),
-                                _ => chunk_key(from, 0),
-                            }
-                        }
-                        None => chunk_key(from, 0),
-                    };
-                    for item in ks.range(start..chunk_key(split, 0)) {
-                        let (k, v) = item.into_inner().map_err(read_error)?;
-                        let (first, _) = parse_chunk_key(&k).ok_or_else(malformed)?;
-                        let chunk = ChunkView::parse(&v).ok_or_else(malformed)?;
-                        if !take(first, chunk)? {
-                            more = false;
-                            break;
-                        }
+            return Ok(f(&out));
+        }
+        let malformed = || {
+            EngineError::Refused(ErrorReply::new(
+                ErrorKind::StoreReadError,
+                format!("stream {name:?} has a malformed chunk"),
+            ))
+        };
+        // fjall holds every record before the first one in memory. The
+        // chunks read from fjall are held here while `out` borrows them:
+        // taken first, with the budget run once without output.
+        let split = s.memory_first().clamp(from, to);
+        let mut held = Vec::new();
+        let mut more = true;
+        if let (Some(ks), true) = (&s.ks, from < split) {
+            let read_error = |e: fjall::Error| {
+                EngineError::Refused(ErrorReply::new(
+                    ErrorKind::StoreReadError,
+                    format!("reading stream {name:?} failed: {e}"),
+                ))
+            };
+            // The chunk holding `from` starts at or before it.
+            let start = match ks.range(..=chunk_key(from, u64::MAX)).next_back() {
+                Some(g) => {
+                    let k = g.key().map_err(read_error)?;
+                    match parse_chunk_key(&k) {
+                        Some((first, last)) if last >= from => chunk_key(first, last),
+                        _ => chunk_key(from, 0),
                     }
                 }
-                if more {
-                    for c in s.sealed.iter().filter(|c| c.last >= split) {
-                        let chunk = ChunkView::parse(&c.value).ok_or_else(malformed)?;
-                        if !take(c.first, chunk)? {
-                            more = false;
-                            break;
-                        }
-                    }
-                }
-                if let (true, Some(open)) = (more, &s.open) {
-                    take(open.first, open.view())?;
+                None => chunk_key(from, 0),
+            };
+            let mut dry = budget;
+            for item in ks.range(start..chunk_key(split, 0)) {
+                let (k, v) = item.into_inner().map_err(read_error)?;
+                let (first, _) = parse_chunk_key(&k).ok_or_else(malformed)?;
+                let chunk = ChunkView::parse(&v).ok_or_else(malformed)?;
+                more = dry.take(first, chunk, |_| ()).map_err(|()| malformed())?;
+                held.push((first, v));
+                if !more {
+                    break;
                 }
             }
         }
-        Ok(out)
+        let mut budget = budget;
+        for (first, v) in &held {
+            let chunk = ChunkView::parse(v).ok_or_else(malformed)?;
+            budget
+                .take(*first, chunk, |m| out.push(m))
+                .map_err(|()| malformed())?;
+        }
+        if more {
+            for c in s.sealed.iter().filter(|c| c.last >= split) {
+                let chunk = ChunkView::parse(&c.value).ok_or_else(malformed)?;
+                if !budget
+                    .take(c.first, chunk, |m| out.push(m))
+                    .map_err(|()| malformed())?
+                {
+                    more = false;
+                    break;
+                }
+            }
+        }
+        if let (true, Some(open)) = (more, &s.open) {
+            budget
+                .take(open.first, open.view(), |m| out.push(m))
+                .map_err(|()| malformed())?;
+        }
+        Ok(f(&out))
     }
 
     /// Moves an export's cursor forward and records its status.
@@ -2355,6 +2367,60 @@ impl Engine {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// What one read may still take: the numbers `from..to`, at most
+/// `max_count` messages and, past the first, `max_bytes` of payloads.
+#[derive(Clone, Copy)]
+struct ReadBudget {
+    from: u64,
+    to: u64,
+    max_count: u64,
+    max_bytes: usize,
+    count: u64,
+    bytes: usize,
+}
+
+impl ReadBudget {
+    /// Counts a message of `len` payload bytes if it still fits.
+    fn admits(&mut self, len: usize) -> bool {
+        if self.count >= self.max_count || (self.count > 0 && self.bytes + len > self.max_bytes) {
+            return false;
+        }
+        self.count += 1;
+        self.bytes += len;
+        true
+    }
+
+    /// Passes to `out` the records of `chunk` (numbered from `first`) that
+    /// fall in `from..to`, while the budget lasts; `Ok(false)` once it is
+    /// spent, `Err` for a malformed record.
+    fn take<'a>(
+        &mut self,
+        first: u64,
+        chunk: ChunkView<'a>,
+        mut out: impl FnMut(MessageRef<'a>),
+    ) -> Result<bool, ()> {
+        for (i, r) in chunk.records().enumerate() {
+            let seq = first + i as u64;
+            if seq < self.from {
+                continue;
+            }
+            if seq >= self.to {
+                return Ok(false);
+            }
+            let (ms, payload) = r?;
+            if !self.admits(payload.len()) {
+                return Ok(false);
+            }
+            out(MessageRef {
+                sequence_number: seq as i64,
+                ingest_time_ms: ms as i64,
+                payload,
+            });
+        }
+        Ok(true)
     }
 }
 

@@ -20,6 +20,7 @@ use bus_schema::{
 use crate::bandwidth::Budget;
 use crate::engine::{AppendItem, Engine, EngineError};
 use crate::slots::Slots;
+use bus_schema::messages::put_messages_reply;
 use bus_schema::metrics::MetricFamily;
 
 /// Requests taken off the socket in one round.
@@ -747,7 +748,7 @@ impl StoreServer {
         };
         match self.engine.available(&waiting.stream, waiting.start) {
             Err(e) => Some(Response::Error(self.fatal(e)?)),
-            Ok(n) if n >= waiting.min => Some(self.read_now(&waiting)),
+            Ok(n) if n >= waiting.min => self.read_now(&waiting),
             Ok(_) if wait_ms == 0 => Some(not_enough(&waiting)),
             Ok(_) if self.read_count >= WAITING_READS_MAX => Some(err(
                 ErrorKind::Busy,
@@ -764,24 +765,32 @@ impl StoreServer {
         }
     }
 
-    fn read_now(&mut self, w: &WaitingRead) -> Response {
-        match self
+    /// Reads for `w` and sends the reply, written straight from the stored
+    /// messages; `None` once sent, or the error to answer.
+    fn read_now(&mut self, w: &WaitingRead) -> Option<Response> {
+        let read = self
             .engine
-            .read_bounded(&w.stream, w.start, w.max, w.max_bytes)
-        {
-            Ok(messages) if (messages.len() as u64) < w.min => err(
+            .read_with(&w.stream, w.start, w.max, w.max_bytes, |messages| {
+                if (messages.len() as u64) < w.min {
+                    return Err(messages.len());
+                }
+                let mut reply = Vec::new();
+                put_messages_reply(&mut reply, BUS_PROTOCOL_VERSION, w.id, messages);
+                let span = messages.first().zip(messages.last()).map(|(first, last)| {
+                    (first.sequence_number as u64, last.sequence_number as u64)
+                });
+                Ok((reply, span))
+            });
+        match read {
+            Ok(Err(taken)) => Some(err(
                 ErrorKind::ResponseTooLarge,
                 format!(
-                    "{} messages are requested at least, but only {} fit in one response",
+                    "{} messages are requested at least, but only {taken} fit in one response",
                     w.min,
-                    messages.len()
                 ),
-            ),
-            Ok(messages) => {
-                if let (Some(export), Some(first), Some(last)) =
-                    (&w.export, messages.first(), messages.last())
-                {
-                    let (first, last) = (first.sequence_number as u64, last.sequence_number as u64);
+            )),
+            Ok(Ok((reply, span))) => {
+                if let (Some(export), Some((first, last))) = (&w.export, span) {
                     let (high, again) = self
                         .read_high
                         .entry((w.stream.clone(), export.clone()))
@@ -792,12 +801,15 @@ impl StoreServer {
                     }
                     *high = (*high).max(last + 1);
                 }
-                Response::Messages(messages)
+                if let Err(e) = self.bus.send_encoded(&w.peer, reply) {
+                    tracing::warn!(error = %e, "reply could not be sent");
+                }
+                None
             }
-            Err(e) => match self.fatal(e) {
+            Err(e) => Some(match self.fatal(e) {
                 Some(r) => Response::Error(r),
                 None => err(ErrorKind::StoreReadError, "read failed"),
-            },
+            }),
         }
     }
 
@@ -813,9 +825,10 @@ impl StoreServer {
                 .available(&w.stream, w.start)
                 .is_ok_and(|n| n >= w.min);
             if ready {
-                let r = self.read_now(&w);
                 self.read_count -= 1;
-                self.reply(&w.peer, w.id, r);
+                if let Some(r) = self.read_now(&w) {
+                    self.reply(&w.peer, w.id, r);
+                }
             } else {
                 keep.push(w);
             }
