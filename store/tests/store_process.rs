@@ -62,6 +62,56 @@ fn append_read_describe_delete_over_the_bus() {
 }
 
 #[test]
+fn a_read_bounded_by_bytes_answers_what_fits_or_refuses_a_minimum_that_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreProcess::start(dir.path());
+    let c = store.client();
+    create(&c, def("s"));
+    for i in 0..10u8 {
+        append(&c, "s", &[i; 100]).unwrap();
+    }
+    let read = |min: i64, max_bytes: i64| {
+        call(
+            &c,
+            Request::Read {
+                stream: "s".into(),
+                start_sequence_number: Some(2),
+                min_count: Some(min),
+                max_count: Some(100),
+                wait_ms: None,
+                max_bytes: Some(max_bytes),
+                export_identifier: None,
+            },
+        )
+    };
+    // 350 bytes hold three payloads of 100; the first is always given.
+    let Ok(Response::Messages(m)) = read(1, 350) else {
+        panic!()
+    };
+    assert_eq!(
+        m.iter()
+            .map(|m| (m.sequence_number, m.payload[0]))
+            .collect::<Vec<_>>(),
+        vec![(2, 2), (3, 3), (4, 4)]
+    );
+    let Ok(Response::Messages(m)) = read(1, 1) else {
+        panic!()
+    };
+    assert_eq!(m.len(), 1);
+    let e = read(4, 350).unwrap_err();
+    assert!(
+        matches!(e, BusError::Remote(ref r) if r.kind == ErrorKind::ResponseTooLarge
+            && r.message.contains("only 3 fit")),
+        "{e:?}"
+    );
+    // The store serves on after the refusal.
+    let Ok(Response::Messages(m)) = read(1, 10_000) else {
+        panic!()
+    };
+    assert_eq!(m.len(), 8);
+}
+
+#[test]
 fn long_poll_read_is_woken_by_an_append_and_times_out_on_time() {
     let dir = tempfile::tempdir().unwrap();
     let store = StoreProcess::start(dir.path());
@@ -254,7 +304,9 @@ fn the_store_runs_jemalloc_with_its_background_purge_thread() {
         .map(|(_, name)| name)
         .collect();
     assert!(
-        names.iter().any(|n| n == "jemalloc_bg_thd"),
+        names
+            .iter()
+            .any(|n| n == bus::memory::JEMALLOC_BACKGROUND_THREAD),
         "the embedded jemalloc settings were not applied; threads: {names:?}"
     );
 }
