@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ciborium::Value;
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -143,18 +142,98 @@ async fn read_frame(rd: &mut BufReader<OwnedReadHalf>, buf: &mut Vec<u8>) -> Res
     Ok(h[4])
 }
 
-#[derive(Deserialize)]
+/// What the load generator needs of a read response: its request id and
+/// status, how many messages it holds and the last one's number.
+#[derive(Debug, Default, PartialEq)]
 struct ReadAnswer {
-    #[serde(rename = "requestId")]
     request_id: String,
     status: i64,
-    messages: Option<Vec<Seq>>,
+    count: u64,
+    last: Option<i64>,
 }
 
-#[derive(Deserialize)]
-struct Seq {
-    #[serde(rename = "sequenceNumber")]
-    sequence_number: i64,
+/// Scans a read response's CBOR in place (no value tree, no payload copy:
+/// a client that decodes fully would spend as much CPU as the server it
+/// measures). Definite lengths only, as the server writes them.
+fn scan_read_answer(mut b: &[u8]) -> Result<ReadAnswer> {
+    fn head(b: &mut &[u8]) -> Result<(u8, u64)> {
+        let (&first, rest) = b.split_first().context("truncated")?;
+        let info = first & 0x1f;
+        let used = match info {
+            0..=23 => 0,
+            24 => 1,
+            25 => 2,
+            26 => 4,
+            27 => 8,
+            _ => bail!("unsupported CBOR head {first:#x}"),
+        };
+        let arg = rest.get(..used).context("truncated")?;
+        let n = if used == 0 {
+            info as u64
+        } else {
+            arg.iter().fold(0u64, |n, &x| n << 8 | x as u64)
+        };
+        *b = &rest[used..];
+        Ok((first >> 5, n))
+    }
+    fn skip(b: &mut &[u8]) -> Result<()> {
+        match head(b)? {
+            (0 | 1 | 7, _) => {}
+            (2 | 3, n) => *b = b.get(n as usize..).context("truncated")?,
+            (4, n) => (0..n).try_for_each(|_| skip(b))?,
+            (5, n) => (0..2 * n).try_for_each(|_| skip(b))?,
+            (6, _) => skip(b)?,
+            _ => unreachable!(),
+        }
+        Ok(())
+    }
+    fn text<'a>(b: &mut &'a [u8]) -> Result<&'a [u8]> {
+        match head(b)? {
+            (3, n) => {
+                let (t, rest) = b.split_at_checked(n as usize).context("truncated")?;
+                *b = rest;
+                Ok(t)
+            }
+            other => bail!("expected text, found {other:?}"),
+        }
+    }
+    fn int(b: &mut &[u8]) -> Result<i64> {
+        match head(b)? {
+            (0, n) => Ok(n as i64),
+            (1, n) => Ok(-1 - n as i64),
+            other => bail!("expected an integer, found {other:?}"),
+        }
+    }
+    let mut a = ReadAnswer::default();
+    let (5, fields) = head(&mut b)? else {
+        bail!("a response is a map");
+    };
+    for _ in 0..fields {
+        match text(&mut b)? {
+            b"requestId" => a.request_id = String::from_utf8(text(&mut b)?.to_vec())?,
+            b"status" => a.status = int(&mut b)?,
+            b"messages" => {
+                let (4, n) = head(&mut b)? else {
+                    bail!("messages is an array");
+                };
+                a.count = n;
+                for _ in 0..n {
+                    let (5, keys) = head(&mut b)? else {
+                        bail!("a message is a map");
+                    };
+                    for _ in 0..keys {
+                        if text(&mut b)? == b"sequenceNumber" {
+                            a.last = Some(int(&mut b)?);
+                        } else {
+                            skip(&mut b)?;
+                        }
+                    }
+                }
+            }
+            _ => skip(&mut b)?,
+        }
+    }
+    Ok(a)
 }
 
 impl Sm {
@@ -217,7 +296,7 @@ impl Peer for Sm {
         let mut buf = Vec::new();
         while outstanding > 0 {
             let op = read_frame(&mut rd, &mut buf).await?;
-            let a: ReadAnswer = ciborium::from_reader(&buf[..]).context("read answer")?;
+            let a = scan_read_answer(&buf).context("read answer")?;
             if op != 10 || a.status != 0 {
                 bail!(
                     "read of stream {} failed: status {}",
@@ -230,13 +309,12 @@ impl Peer for Sm {
                 .iter_mut()
                 .find(|st| st.0 == s)
                 .context("answer for an unknown stream")?;
-            let msgs = a.messages.unwrap_or_default();
-            let Some(last) = msgs.last() else {
+            let Some(last) = a.last else {
                 bail!("empty read of stream {s}");
             };
-            st.1 = last.sequence_number + 1;
-            st.2 = st.2.saturating_sub(msgs.len() as u64);
-            read += msgs.len() as u64;
+            st.1 = last + 1;
+            st.2 = st.2.saturating_sub(a.count);
+            read += a.count;
             outstanding -= 1;
             if st.2 > 0 {
                 out.clear();
@@ -246,5 +324,54 @@ impl Peer for Sm {
             }
         }
         Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(v: &Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(v, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_read_answer_is_scanned_as_a_full_decoder_reads_it() {
+        let message = |seq: i64| {
+            Value::Map(vec![
+                ("streamName".into(), "s1".into()),
+                ("sequenceNumber".into(), seq.into()),
+                ("ingestTime".into(), 1_700_000_000_000i64.into()),
+                ("payload".into(), Value::Bytes(vec![0x5a; 300])),
+            ])
+        };
+        let answer = Value::Map(vec![
+            ("requestId".into(), "7".into()),
+            ("status".into(), 0.into()),
+            ("errorMessage".into(), Value::Null),
+            (
+                "messages".into(),
+                Value::Array(vec![message(40), message(41), message(70_000)]),
+            ),
+        ]);
+        let bytes = encoded(&answer);
+        assert_eq!(
+            scan_read_answer(&bytes).unwrap(),
+            ReadAnswer {
+                request_id: "7".into(),
+                status: 0,
+                count: 3,
+                last: Some(70_000),
+            }
+        );
+        let refused = encoded(&Value::Map(vec![
+            ("requestId".into(), "8".into()),
+            ("status".into(), 3.into()),
+        ]));
+        let a = scan_read_answer(&refused).unwrap();
+        assert_eq!((a.status, a.count, a.last), (3, 0, None));
+        assert!(scan_read_answer(&bytes[..bytes.len() - 1]).is_err());
     }
 }
