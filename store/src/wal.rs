@@ -60,6 +60,12 @@ pub const LOG_FILE_BYTES: u64 = 8 * 1024 * 1024;
 /// values and [`OP_OVERHEAD_BYTES`] per operation); a commit beyond it waits
 /// for the applier (back-pressure).
 pub const APPLY_QUEUE_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Bytes of chunks waiting for the applier plus messages of the active log
+/// file not yet in a sealed chunk, at most, past which a commit waits: the
+/// back-pressure counts the chunks a log rotation is about to seal, so that
+/// appends slow down evenly as the applier falls behind instead of stopping
+/// for the whole burst of chunks each rotation seals (tens of ms).
+pub const APPLY_PENDING_BYTES_MAX: u64 = APPLY_QUEUE_BYTES_MAX + LOG_FILE_BYTES / 2;
 /// Memory an operation takes besides its key and value, counted against
 /// [`APPLY_QUEUE_BYTES_MAX`] so that many tiny changes are bounded too.
 pub const OP_OVERHEAD_BYTES: u64 = 64;
@@ -854,6 +860,9 @@ pub struct Writer {
     next_ticket: u64,
     /// Number of the last chunk sent to the applier.
     chunks_sent: u64,
+    /// Bytes of the chunks sent since the active file was started (their
+    /// messages are in it).
+    chunk_bytes_from_active: u64,
     log_sync: Arc<LogSync>,
     buf: Vec<u8>,
     shared: Arc<Shared>,
@@ -895,6 +904,7 @@ impl Writer {
             sealed,
             next_ticket: replayed.last_ticket + 1,
             chunks_sent: 0,
+            chunk_bytes_from_active: 0,
             log_sync,
             buf: Vec::new(),
             shared,
@@ -989,6 +999,7 @@ impl Writer {
     pub fn send_chunk(&mut self, ks: Keyspace, key: [u8; 16], value: Slice) -> u64 {
         let bytes = value.len() as u64 + OP_OVERHEAD_BYTES;
         self.shared.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
+        self.chunk_bytes_from_active += bytes;
         self.chunks_sent += 1;
         let number = self.chunks_sent;
         self.send(Job::Chunk {
@@ -1000,12 +1011,17 @@ impl Writer {
         number
     }
 
-    /// Waits until `bytes` more fit in the applier's queue, and counts them.
-    /// While the applier waits for disk space, the queue may go over its
-    /// bound by the small changes [`Writer::reserve`] still lets through.
+    /// Waits until `bytes` more fit in the applier's queue, and counts them:
+    /// the queue and the active file's messages not yet in a chunk together
+    /// hold at most [`APPLY_PENDING_BYTES_MAX`]. While the applier waits for
+    /// disk space, the queue may go over its bound by the small changes
+    /// [`Writer::reserve`] still lets through.
     fn wait_for_room(&self, bytes: u64) -> Result<(), String> {
         let queued = &self.shared.queued_bytes;
-        let room = |q: u64| q == 0 || q + bytes <= APPLY_QUEUE_BYTES_MAX;
+        let unsealed = self
+            .active_bytes
+            .saturating_sub(self.chunk_bytes_from_active);
+        let room = |q: u64| q == 0 || q + unsealed + bytes <= APPLY_PENDING_BYTES_MAX;
         if !room(queued.load(Ordering::SeqCst)) && !self.shared.disk_wait.load(Ordering::SeqCst) {
             self.shared
                 .wait_until(|| room(queued.load(Ordering::SeqCst)))?;
@@ -1131,6 +1147,7 @@ impl Writer {
         });
         self.active_number = number;
         self.active_bytes = 0;
+        self.chunk_bytes_from_active = 0;
         self.reserved = 0;
         self.active_entry_synced = false;
         Ok(())
@@ -1447,6 +1464,65 @@ mod tests {
             [again.next_file],
             "replayed files are released; the new active file stays"
         );
+    }
+
+    #[test]
+    fn appends_slow_down_before_a_rotation_rather_than_stop_at_it() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        const MIB: usize = 1 << 20;
+        let root = tempfile::tempdir().unwrap();
+        let log_dir = root.path().join(LOG_DIR);
+        let ks = open(root.path());
+        let replayed = replay(&log_dir, &ks).unwrap();
+        let mut w = Writer::start(
+            &log_dir,
+            ks.clone(),
+            &replayed,
+            Arc::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        // The applier is held: nothing leaves the queue.
+        let gate = w.applier_gate();
+        let held = gate.lock().unwrap();
+        let messages = |seq: u64, bytes: usize| {
+            let mut set = WriteSet::default();
+            set.insert(
+                Ks::Data,
+                crate::keys::data_key(1, seq).to_vec(),
+                vec![7u8; bytes],
+            );
+            set
+        };
+        let (done, steps) = mpsc::channel();
+        let chunks = ks.by_tag[0].clone();
+        let appender = std::thread::spawn(move || {
+            // 9 MiB of messages, then sealed into a chunk as a rotation does.
+            w.commit(messages(0, 9 * MIB), false).unwrap();
+            w.send_chunk(chunks, [0; 16], Slice::from(vec![7u8; 9 * MIB]));
+            w.rotate().unwrap();
+            done.send("rotated").unwrap();
+            // The queue alone is past APPLY_QUEUE_BYTES_MAX, but nothing
+            // is left unsealed: no wait.
+            w.commit(WriteSet::default(), false).unwrap();
+            w.commit(messages(1, 2 * MIB), false).unwrap();
+            done.send("appended").unwrap();
+            // 9 queued + 4 unsealed is past APPLY_PENDING_BYTES_MAX.
+            w.commit(messages(2, 2 * MIB), false).unwrap();
+            done.send("waited").unwrap();
+            w.wait_applied().unwrap();
+        });
+        let step = |within: Duration| steps.recv_timeout(within);
+        assert_eq!(step(Duration::from_secs(5)), Ok("rotated"));
+        assert_eq!(step(Duration::from_secs(5)), Ok("appended"));
+        assert!(
+            step(Duration::from_millis(300)).is_err(),
+            "a commit past the pending bound waits for the applier"
+        );
+        drop(held);
+        assert_eq!(step(Duration::from_secs(10)), Ok("waited"));
+        appender.join().unwrap();
     }
 
     #[test]
