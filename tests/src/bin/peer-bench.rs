@@ -41,7 +41,12 @@ struct Args {
 
 fn parse() -> Result<Args> {
     let mut it = std::env::args().skip(1);
-    if it.next().as_deref() != Some("run") {
+    let first = it.next();
+    if matches!(first.as_deref(), Some("--help" | "-h" | "help")) {
+        println!("{USAGE}");
+        std::process::exit(0);
+    }
+    if first.as_deref() != Some("run") {
         bail!("{USAGE}");
     }
     let mut rounds = 3;
@@ -71,6 +76,10 @@ fn parse() -> Result<Args> {
             "--tmp" => tmp = Some(PathBuf::from(val()?)),
             "--md" => md = Some(PathBuf::from(val()?)),
             "--svg" => svg = Some(PathBuf::from(val()?)),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             _ => bail!("unknown argument {a}\n{USAGE}"),
         }
     }
@@ -193,8 +202,22 @@ async fn bench(a: &Args, base: &Path) -> Result<Vec<Leg>> {
     Ok(legs)
 }
 
-fn main() -> Result<()> {
-    let a = parse()?;
+fn main() -> std::process::ExitCode {
+    // An error is one message, never a backtrace (RUST_BACKTRACE may be set).
+    let (result, code) = match parse() {
+        Ok(a) => (run(a), 1),
+        Err(e) => (Err(e), 2),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peer-bench: {e:#}");
+            std::process::ExitCode::from(code)
+        }
+    }
+}
+
+fn run(a: Args) -> Result<()> {
     let base = a.tmp.join(format!("peer-bench-{}", std::process::id()));
     std::fs::create_dir_all(&base)?;
     let rt = tokio::runtime::Builder::new_current_thread()
