@@ -1414,6 +1414,18 @@ mod tests {
         }
     }
 
+    /// A writer on `ks` after `replayed`, as the engine starts one.
+    fn start(log_dir: &Path, ks: &Keyspaces, replayed: &Replayed) -> Writer {
+        Writer::start(
+            log_dir,
+            ks.clone(),
+            replayed,
+            Arc::default(),
+            Arc::default(),
+        )
+        .unwrap()
+    }
+
     fn logs(dir: &Path) -> Vec<u64> {
         log_files(dir).unwrap()
     }
@@ -1425,14 +1437,7 @@ mod tests {
         let ks = open(root.path());
         let replayed = replay(&log_dir, &ks).unwrap();
         assert_eq!((replayed.last_ticket, replayed.applied), (0, 0));
-        let mut w = Writer::start(
-            &log_dir,
-            ks.clone(),
-            &replayed,
-            Arc::default(),
-            Arc::default(),
-        )
-        .unwrap();
+        let mut w = start(&log_dir, &ks, &replayed);
         w.file_bytes = 4096;
         for i in 0u32..200 {
             let mut set = WriteSet::default();
@@ -1465,8 +1470,7 @@ mod tests {
         let again = replay(&log_dir, &ks).unwrap();
         assert_eq!((again.last_ticket, again.applied), (201, 0));
         assert_eq!(again.next_file, left.last().unwrap() + 1);
-        let mut w =
-            Writer::start(&log_dir, ks.clone(), &again, Arc::default(), Arc::default()).unwrap();
+        let mut w = start(&log_dir, &ks, &again);
         w.release_replayed();
         w.wait_applied().unwrap();
         drop(w);
@@ -1484,14 +1488,7 @@ mod tests {
         let log_dir = root.path().join(LOG_DIR);
         let ks = open(root.path());
         let replayed = replay(&log_dir, &ks).unwrap();
-        let mut w = Writer::start(
-            &log_dir,
-            ks.clone(),
-            &replayed,
-            Arc::default(),
-            Arc::default(),
-        )
-        .unwrap();
+        let mut w = start(&log_dir, &ks, &replayed);
         let chunks = ks
             .db
             .keyspace("data-1", crate::engine::data_keyspace_options)
@@ -1518,14 +1515,7 @@ mod tests {
         let log_dir = root.path().join(LOG_DIR);
         let ks = open(root.path());
         let replayed = replay(&log_dir, &ks).unwrap();
-        let mut w = Writer::start(
-            &log_dir,
-            ks.clone(),
-            &replayed,
-            Arc::default(),
-            Arc::default(),
-        )
-        .unwrap();
+        let mut w = start(&log_dir, &ks, &replayed);
         // The applier is held: nothing leaves the queue.
         let gate = w.applier_gate();
         let held = gate.lock().unwrap();
@@ -1574,14 +1564,7 @@ mod tests {
         let log_dir = root.path().join(LOG_DIR);
         let ks = open(root.path());
         let replayed = replay(&log_dir, &ks).unwrap();
-        let mut w = Writer::start(
-            &log_dir,
-            ks.clone(),
-            &replayed,
-            Arc::default(),
-            Arc::default(),
-        )
-        .unwrap();
+        let mut w = start(&log_dir, &ks, &replayed);
         let mut set = WriteSet::default();
         set.insert(
             Ks::Data,
