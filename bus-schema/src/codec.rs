@@ -6,7 +6,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{EnvelopeHeader, BUS_MESSAGE_BYTES_MAX};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CodecError {
     #[error("message of {0} bytes exceeds the bus limit of {BUS_MESSAGE_BYTES_MAX} bytes")]
     TooLarge(usize),

@@ -25,6 +25,10 @@ pub const BUS_PROTOCOL_VERSION: u16 = 1;
 /// Leaves room for one largest stream message plus envelope overhead.
 pub const BUS_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Appends one `Request::AppendBatch` may carry at most; the store refuses a
+/// longer (or empty) batch whole.
+pub const APPEND_BATCH_MESSAGES_MAX: usize = 1024;
+
 /// Largest payload of one stream message, in bytes.
 pub const MESSAGE_PAYLOAD_BYTES_MAX: usize = 32 * 1024 * 1024;
 

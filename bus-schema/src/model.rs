@@ -238,6 +238,41 @@ pub struct ExportProgress {
     pub expected_incarnation: Option<u64>,
 }
 
+/// One append of an `AppendBatch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppendEntry {
+    pub stream: String,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+/// What became of one append of an `AppendBatch`: what `Append` would have
+/// answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppendOutcome {
+    Appended {
+        sequence_number: i64,
+        ingest_time_ms: i64,
+    },
+    Error(ErrorReply),
+}
+
+impl AppendOutcome {
+    /// The `Append` answer this outcome stands for.
+    pub fn into_response(self) -> Response {
+        match self {
+            AppendOutcome::Appended {
+                sequence_number,
+                ingest_time_ms,
+            } => Response::Appended {
+                sequence_number,
+                ingest_time_ms,
+            },
+            AppendOutcome::Error(e) => Response::Error(e),
+        }
+    }
+}
+
 /// A request to the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
@@ -264,6 +299,16 @@ pub enum Request {
         stream: String,
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
+    },
+    /// Several appends in one message (the ingest sends the appends that
+    /// wait together, so that a busy bus carries one message per batch
+    /// instead of one per append). Each is stored or refused on its own,
+    /// exactly as the same `Append`s in this order; answered with
+    /// `AppendedBatch`, one outcome per append, in order. At most
+    /// [`APPEND_BATCH_MESSAGES_MAX`](crate::APPEND_BATCH_MESSAGES_MAX)
+    /// appends and never empty.
+    AppendBatch {
+        appends: Vec<AppendEntry>,
     },
     /// Read messages from `start_sequence_number` (below the oldest: from the
     /// oldest). Waits up to `wait_ms` for `min_count` messages.
@@ -354,6 +399,8 @@ pub enum Response {
         sequence_number: i64,
         ingest_time_ms: i64,
     },
+    /// The outcomes of an `AppendBatch`, one per append, in its order.
+    AppendedBatch(Vec<AppendOutcome>),
     Messages(Vec<Message>),
     Committed,
     Events(EventBatch),

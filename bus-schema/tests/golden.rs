@@ -143,6 +143,21 @@ fn requests() -> Vec<(String, Vec<u8>, RequestEnvelope)> {
             },
         ),
         req(
+            "append-batch",
+            Request::AppendBatch {
+                appends: vec![
+                    AppendEntry {
+                        stream: "s".into(),
+                        payload: b"hello".to_vec(),
+                    },
+                    AppendEntry {
+                        stream: "t".into(),
+                        payload: vec![],
+                    },
+                ],
+            },
+        ),
+        req(
             "read",
             Request::Read {
                 stream: "s".into(),
@@ -259,6 +274,19 @@ fn responses() -> Vec<(String, Vec<u8>, ResponseEnvelope)> {
                 sequence_number: 3,
                 ingest_time_ms: 1_700_000_000_000,
             },
+        ),
+        resp(
+            "appended-batch",
+            Response::AppendedBatch(vec![
+                AppendOutcome::Appended {
+                    sequence_number: 3,
+                    ingest_time_ms: 1_700_000_000_000,
+                },
+                AppendOutcome::Error(ErrorReply::new(
+                    ErrorKind::ResourceNotFound,
+                    "stream \"t\" not found",
+                )),
+            ]),
         ),
         resp(
             "messages",

@@ -33,7 +33,7 @@ pub use sockpath::socket_path;
 use bus_schema::{CodecError, ErrorReply};
 
 /// Errors of the bus adapter.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("no answer from the store within {0:?}")]
     Timeout(std::time::Duration),

@@ -7,4 +7,5 @@ pub mod fast;
 pub mod metrics;
 pub mod process;
 pub mod server;
+pub mod submit;
 pub mod wire;

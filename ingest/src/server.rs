@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bus::{BusClient, BusError, BusReply, RawPendingReply};
+use bus::{BusClient, BusError, BusReply};
 use bus_schema::{Request, Response};
 use futures_util::{stream::FuturesUnordered, FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::fast;
 use crate::metrics::{self, IngestMetrics};
+use crate::submit::{Reply, Submitter};
 use crate::wire::{self, op, status, ClientRequest};
 
 /// Settings of the endpoint.
@@ -99,6 +100,7 @@ pub async fn serve_counted(
     let buffered = Arc::new(Semaphore::new(
         (settings.buffered_bytes_max / BUFFER_UNIT_BYTES).max(1),
     ));
+    let bus = Submitter::start(bus);
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -311,7 +313,7 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     settings: Arc<IngestSettings>,
-    bus: BusClient,
+    bus: Submitter,
     buffered: Arc<Semaphore>,
     metrics: Arc<IngestMetrics>,
 ) -> Result<(), String> {
@@ -387,7 +389,7 @@ async fn connection(
         let (bus_request, timeout, read_stream) = to_bus(request, settings.store_timeout);
         let submitted = std::time::Instant::now();
         let answer = Answer {
-            reply: bus.submit(bus_request, timeout).await.map(|p| p.raw()),
+            reply: bus.submit(bus_request, timeout).await,
             asked: Some(Asked {
                 request_id: id,
                 opcode,
@@ -483,7 +485,7 @@ struct Asked {
 
 /// The store's reply to come (or the submission's failure), and the request.
 struct Answer {
-    reply: Result<RawPendingReply, BusError>,
+    reply: Reply,
     asked: Option<Asked>,
 }
 
@@ -491,11 +493,7 @@ impl Future for Answer {
     type Output = (Asked, Result<BusReply, BusError>);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let reply = match &mut self.reply {
-            Ok(pending) => ready!(Pin::new(pending).poll(cx)),
-            // The submission failed: that is the answer (taken once).
-            Err(e) => Err(std::mem::replace(e, BusError::Closed)),
-        };
+        let reply = ready!(Pin::new(&mut self.reply).poll(cx));
         Poll::Ready((self.asked.take().expect("polled after completion"), reply))
     }
 }

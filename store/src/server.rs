@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use bus::{BusServer, Incoming, PeerId};
 use bus_schema::{
-    ErrorKind, ErrorReply, Event, EventBatch, ExportKind, HealthInfo, Request, Response,
-    ResponseEnvelope, BUS_PROTOCOL_VERSION, READ_MESSAGES_MAX, READ_RESPONSE_BYTES_TARGET,
+    AppendOutcome, ErrorKind, ErrorReply, Event, EventBatch, ExportKind, HealthInfo, Request,
+    Response, ResponseEnvelope, APPEND_BATCH_MESSAGES_MAX, BUS_PROTOCOL_VERSION, READ_MESSAGES_MAX,
+    READ_RESPONSE_BYTES_TARGET,
 };
 
 use crate::bandwidth::Budget;
@@ -161,10 +162,24 @@ pub const REPORTING_PROCESSES_MAX: usize = 16;
 pub const REPORT_STALE_AFTER: Duration = Duration::from_secs(30);
 
 struct PendingAppend {
-    peer: PeerId,
-    id: u64,
+    to: ReplyTo,
     stream: String,
     payload: Vec<u8>,
+}
+
+/// Where an append's outcome goes: its own reply, or its place in the reply
+/// of an `AppendBatch` (an index into the round's [`PendingBatch`]es).
+enum ReplyTo {
+    One { peer: PeerId, id: u64 },
+    Batch(usize),
+}
+
+/// An `AppendBatch` whose appends are in the round: the outcomes gathered
+/// so far, answered together once the round's appends are stored.
+struct PendingBatch {
+    peer: PeerId,
+    id: u64,
+    outcomes: Vec<AppendOutcome>,
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> Response {
@@ -324,6 +339,7 @@ impl StoreServer {
     /// One round: take what is waiting, store appends, answer.
     pub fn round(&mut self) {
         let mut appends: Vec<PendingAppend> = Vec::new();
+        let mut batches: Vec<PendingBatch> = Vec::new();
         let mut deferred: Vec<(PeerId, u64, Request)> = Vec::new();
         let mut append_bytes = 0usize;
         for _ in 0..ROUND_REQUESTS_MAX {
@@ -383,11 +399,37 @@ impl StoreServer {
                 Request::Append { stream, payload } => {
                     append_bytes += payload.len();
                     appends.push(PendingAppend {
-                        peer,
-                        id: envelope.id,
+                        to: ReplyTo::One {
+                            peer,
+                            id: envelope.id,
+                        },
                         stream,
                         payload,
                     })
+                }
+                Request::AppendBatch { appends: entries } => {
+                    if entries.is_empty() || entries.len() > APPEND_BATCH_MESSAGES_MAX {
+                        let message = format!(
+                            "an append batch holds 1 to {APPEND_BATCH_MESSAGES_MAX} appends; this one holds {}",
+                            entries.len()
+                        );
+                        self.reply(&peer, envelope.id, err(ErrorKind::InvalidRequest, message));
+                        continue;
+                    }
+                    let batch = batches.len();
+                    batches.push(PendingBatch {
+                        peer,
+                        id: envelope.id,
+                        outcomes: Vec::with_capacity(entries.len()),
+                    });
+                    for e in entries {
+                        append_bytes += e.payload.len();
+                        appends.push(PendingAppend {
+                            to: ReplyTo::Batch(batch),
+                            stream: e.stream,
+                            payload: e.payload,
+                        });
+                    }
                 }
                 body @ (Request::Read { .. }
                 | Request::DescribeStream { .. }
@@ -405,7 +447,7 @@ impl StoreServer {
                 body => {
                     // Everything that came before this request is answered
                     // before it changes anything: appends, then queries.
-                    self.flush_appends(&mut appends);
+                    self.flush_appends(&mut appends, &mut batches);
                     self.answer_queries(&mut deferred);
                     let response = self.handle_mutation(body);
                     self.reply(&peer, envelope.id, response);
@@ -415,7 +457,7 @@ impl StoreServer {
                 break;
             }
         }
-        self.flush_appends(&mut appends);
+        self.flush_appends(&mut appends, &mut batches);
         self.answer_queries(&mut deferred);
         self.serve_watchers(false);
         self.expire_waiting();
@@ -430,7 +472,9 @@ impl StoreServer {
         }
     }
 
-    fn flush_appends(&mut self, appends: &mut Vec<PendingAppend>) {
+    /// Stores the round's appends (one engine batch) and answers them: each
+    /// `Append` on its own, each `AppendBatch` with all its outcomes.
+    fn flush_appends(&mut self, appends: &mut Vec<PendingAppend>, batches: &mut Vec<PendingBatch>) {
         if appends.is_empty() {
             return;
         }
@@ -446,14 +490,20 @@ impl StoreServer {
         match outcome {
             Ok((results, newest)) => {
                 for (a, r) in appends.iter().zip(results) {
-                    let body = match r {
-                        Ok((sequence_number, ingest_time_ms)) => Response::Appended {
+                    let outcome = match r {
+                        Ok((sequence_number, ingest_time_ms)) => AppendOutcome::Appended {
                             sequence_number,
                             ingest_time_ms,
                         },
-                        Err(e) => Response::Error(e),
+                        Err(e) => AppendOutcome::Error(e),
                     };
-                    self.reply(&a.peer, a.id, body);
+                    match &a.to {
+                        ReplyTo::One { peer, id } => self.reply(peer, *id, outcome.into_response()),
+                        ReplyTo::Batch(b) => batches[*b].outcomes.push(outcome),
+                    }
+                }
+                for b in batches.drain(..) {
+                    self.reply(&b.peer, b.id, Response::AppendedBatch(b.outcomes));
                 }
                 for (name, newest_sequence_number) in newest {
                     self.serve_reads(&name);
@@ -464,12 +514,17 @@ impl StoreServer {
                 }
             }
             Err(e) => {
-                let reply = self.fatal(e);
-                for a in appends.iter() {
-                    if let Some(r) = &reply {
-                        self.reply(&a.peer, a.id, Response::Error(r.clone()));
+                if let Some(r) = self.fatal(e) {
+                    for a in appends.iter() {
+                        if let ReplyTo::One { peer, id } = &a.to {
+                            self.reply(peer, *id, Response::Error(r.clone()));
+                        }
+                    }
+                    for b in batches.iter() {
+                        self.reply(&b.peer, b.id, Response::Error(r.clone()));
                     }
                 }
+                batches.clear();
             }
         }
         appends.clear();

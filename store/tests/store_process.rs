@@ -6,7 +6,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bus::BusError;
-use bus_schema::{ErrorKind, Event, Persistence, Request, Response};
+use bus_schema::{
+    AppendEntry, AppendOutcome, ErrorKind, Event, Persistence, Request, Response,
+    APPEND_BATCH_MESSAGES_MAX,
+};
 use common::*;
 
 #[test]
@@ -59,6 +62,64 @@ fn append_read_describe_delete_over_the_bus() {
         matches!(e, BusError::Remote(ref r) if r.kind == ErrorKind::ResourceNotFound),
         "{e:?}"
     );
+}
+
+#[test]
+fn an_append_batch_stores_each_append_on_its_own_and_answers_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreProcess::start(dir.path());
+    let c = store.client();
+    create(&c, def("s1"));
+    create(&c, def("s2"));
+    let entry = |stream: &str, payload: &[u8]| AppendEntry {
+        stream: stream.into(),
+        payload: payload.to_vec(),
+    };
+    let batch = |appends| call(&c, Request::AppendBatch { appends });
+    let r = batch(vec![
+        entry("s1", b"a"),
+        entry("missing", b"b"),
+        entry("s1", b"c"),
+        entry("s2", b"d"),
+    ])
+    .unwrap();
+    let Response::AppendedBatch(outcomes) = r else {
+        panic!("{r:?}")
+    };
+    let numbers: Vec<_> = outcomes
+        .iter()
+        .map(|o| match o {
+            AppendOutcome::Appended {
+                sequence_number, ..
+            } => Ok(*sequence_number),
+            AppendOutcome::Error(e) => Err(e.kind),
+        })
+        .collect();
+    assert_eq!(
+        numbers,
+        vec![Ok(0), Err(ErrorKind::ResourceNotFound), Ok(1), Ok(0)]
+    );
+    let read = |stream: &str| {
+        read_all(&c, stream)
+            .into_iter()
+            .map(|m| (m.sequence_number, m.payload))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(read("s1"), vec![(0, b"a".to_vec()), (1, b"c".to_vec())]);
+    assert_eq!(read("s2"), vec![(0, b"d".to_vec())]);
+
+    // An empty or too long batch is refused whole: nothing is stored.
+    for appends in [
+        vec![],
+        vec![entry("s1", b"x"); APPEND_BATCH_MESSAGES_MAX + 1],
+    ] {
+        let e = batch(appends).unwrap_err();
+        assert!(
+            matches!(e, BusError::Remote(ref r) if r.kind == ErrorKind::InvalidRequest),
+            "{e:?}"
+        );
+    }
+    assert_eq!(append(&c, "s1", b"e").unwrap(), 2);
 }
 
 #[test]

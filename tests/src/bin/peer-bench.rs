@@ -223,9 +223,9 @@ fn run(a: Args) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let legs = rt.block_on(bench(&a, &base));
+    // A failed leg's directory stays: the error names it for its logs.
+    let legs = rt.block_on(bench(&a, &base))?;
     let _ = std::fs::remove_dir_all(&base);
-    let legs = legs?;
     let mut header = String::from("Versions: stream-manager (this build)");
     if a.systems.contains(&1) {
         header += &format!(", default legs {}", version(&a.nats));
