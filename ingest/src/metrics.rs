@@ -19,7 +19,17 @@ struct Inner {
     connections: u64,
     requests: BTreeMap<(&'static str, &'static str), u64>,
     latency: BTreeMap<&'static str, Histogram>,
+    /// Bus requests the submitter sent, by kind (`BUS_APPEND`, ...).
+    bus_requests: BTreeMap<&'static str, u64>,
+    /// Appends that went to the store inside an `AppendBatch`.
+    batched_appends: u64,
 }
+
+/// Kinds of bus request the submitter sends (label values of
+/// `sm_ingest_bus_requests_total`).
+pub const BUS_APPEND: &str = "append";
+pub const BUS_APPEND_BATCH: &str = "append_batch";
+pub const BUS_OTHER: &str = "other";
 
 /// Counters shared by every connection (uncontended: the ingest runs on
 /// one thread).
@@ -94,6 +104,16 @@ impl IngestMetrics {
         });
     }
 
+    /// A bus request sent by the submitter: a batch carries `appends`.
+    pub fn sent(&self, kind: &'static str, appends: usize) {
+        self.with(|m| {
+            *m.bus_requests.entry(kind).or_default() += 1;
+            if kind == BUS_APPEND_BATCH {
+                m.batched_appends += appends as u64;
+            }
+        });
+    }
+
     pub fn families(&self) -> Vec<MetricFamily> {
         self.with(|m| {
             let mut conns = MetricFamily::new(
@@ -118,7 +138,21 @@ impl IngestMetrics {
             for (op, h) in &m.latency {
                 latency.histogram(&[("operation", op)], h);
             }
-            vec![conns, requests, latency]
+            let mut bus = MetricFamily::new(
+                "sm_ingest_bus_requests_total",
+                "Requests the ingest sent to the store, by kind (append: one append alone; append_batch: appends that waited together).",
+                MetricKind::Counter,
+            );
+            for (kind, n) in &m.bus_requests {
+                bus.sample(&[("kind", kind)], *n as f64);
+            }
+            let mut batched = MetricFamily::new(
+                "sm_ingest_batched_appends_total",
+                "Appends sent to the store inside append batches (divided by the append_batch requests: appends per batch).",
+                MetricKind::Counter,
+            );
+            batched.sample(&[], m.batched_appends as f64);
+            vec![conns, requests, latency, bus, batched]
         })
     }
 

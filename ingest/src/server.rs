@@ -100,7 +100,7 @@ pub async fn serve_counted(
     let buffered = Arc::new(Semaphore::new(
         (settings.buffered_bytes_max / BUFFER_UNIT_BYTES).max(1),
     ));
-    let bus = Submitter::start(bus);
+    let bus = Submitter::start(bus, metrics.clone());
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;

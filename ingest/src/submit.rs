@@ -28,6 +28,9 @@ use bus_schema::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::{IngestMetrics, BUS_APPEND, BUS_APPEND_BATCH, BUS_OTHER};
+use std::sync::Arc;
+
 /// Payload bytes one `AppendBatch` carries at most (a longer append goes
 /// alone).
 pub const APPEND_BATCH_BYTES_MAX: usize = 1024 * 1024;
@@ -58,11 +61,11 @@ pub struct Submitter {
 }
 
 impl Submitter {
-    /// Starts the submitter on the current runtime; it ends when the last
-    /// handle is dropped.
-    pub fn start(bus: BusClient) -> Self {
+    /// Starts the submitter on the current runtime, counting what it sends
+    /// into `metrics`; it ends when the last handle is dropped.
+    pub fn start(bus: BusClient, metrics: Arc<IngestMetrics>) -> Self {
         let (tx, rx) = mpsc::channel(SUBMIT_QUEUE_REQUESTS);
-        tokio::spawn(run(rx, bus));
+        tokio::spawn(run(rx, bus, metrics));
         Self { tx }
     }
 
@@ -112,7 +115,7 @@ impl Future for Reply {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, bus: BusClient) {
+async fn run(mut rx: mpsc::Receiver<Job>, bus: BusClient, metrics: Arc<IngestMetrics>) {
     // A job taken off the queue that did not fit the batch before it.
     let mut next: Option<Job> = None;
     loop {
@@ -124,6 +127,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, bus: BusClient) {
             },
         };
         let Request::Append { .. } = first.request else {
+            metrics.sent(BUS_OTHER, 0);
             submit_one(&bus, first).await;
             continue;
         };
@@ -143,9 +147,11 @@ async fn run(mut rx: mpsc::Receiver<Job>, bus: BusClient) {
         }
         if batch.len() == 1 {
             if let Some(job) = batch.pop() {
+                metrics.sent(BUS_APPEND, 1);
                 submit_one(&bus, job).await;
             }
         } else {
+            metrics.sent(BUS_APPEND_BATCH, batch.len());
             submit_batch(&bus, batch).await;
         }
     }
@@ -281,9 +287,10 @@ mod tests {
             stream: "s".into(),
             payload: vec![i],
         };
+        let metrics = Arc::new(IngestMetrics::default());
         rt.block_on(async {
             let bus = BusClient::connect_in_runtime(&endpoint, BusClientConfig::default()).unwrap();
-            let submitter = Submitter::start(bus);
+            let submitter = Submitter::start(bus, metrics.clone());
             // 200 appends, a list, 50 appends, all queued before any answer.
             let mut replies = Vec::new();
             for i in 0..200 {

@@ -132,6 +132,13 @@ fn metrics_status_and_logs_answer_where_the_data_is() {
         |s| value(s) == 120.0,
     )
     .unwrap();
+    // Every append went to the store alone or in a batch.
+    prom.wait_for(
+        r#"sum(sm_ingest_bus_requests_total{kind="append"}) + sum(sm_ingest_batched_appends_total)"#,
+        within,
+        |s| value(s) == 120.0,
+    )
+    .unwrap();
     prom.wait_for("sum(sm_process_up)", within, |s| value(s) == 7.0)
         .unwrap();
     prom.wait_for(
