@@ -19,6 +19,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -29,7 +30,6 @@ use bus_schema::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::{IngestMetrics, BUS_APPEND, BUS_APPEND_BATCH, BUS_OTHER};
-use std::sync::Arc;
 
 /// Payload bytes one `AppendBatch` carries at most (a longer append goes
 /// alone).
@@ -79,7 +79,7 @@ impl Submitter {
             done,
         };
         if self.tx.send(job).await.is_err() {
-            return Reply(State::Failed(Some(BusError::Closed)));
+            return Reply(State::Closed);
         }
         Reply(State::Queued(rx))
     }
@@ -91,7 +91,8 @@ pub struct Reply(State);
 enum State {
     Queued(oneshot::Receiver<Handoff>),
     Sent(RawPendingReply),
-    Failed(Option<BusError>),
+    /// The submitter is gone (the ingest is stopping).
+    Closed,
 }
 
 impl Future for Reply {
@@ -103,13 +104,10 @@ impl Future for Reply {
                 State::Queued(rx) => match ready!(Pin::new(rx).poll(cx)) {
                     Ok(Handoff::Pending(pending)) => self.0 = State::Sent(pending),
                     Ok(Handoff::Done(answer)) => return Poll::Ready(answer),
-                    // The submitter is gone (the ingest is stopping).
-                    Err(_) => return Poll::Ready(Err(BusError::Closed)),
+                    Err(_) => self.0 = State::Closed,
                 },
                 State::Sent(pending) => return Pin::new(pending).poll(cx),
-                State::Failed(e) => {
-                    return Poll::Ready(Err(e.take().unwrap_or(BusError::Closed)));
-                }
+                State::Closed => return Poll::Ready(Err(BusError::Closed)),
             }
         }
     }
@@ -126,24 +124,24 @@ async fn run(mut rx: mpsc::Receiver<Job>, bus: BusClient, metrics: Arc<IngestMet
                 None => return,
             },
         };
-        let Request::Append { .. } = first.request else {
+        let Some(mut bytes) = append_bytes(&first.request) else {
             metrics.sent(BUS_OTHER, 0);
             submit_one(&bus, first).await;
             continue;
         };
         let mut batch = vec![first];
-        let mut bytes = append_bytes(&batch[0].request);
         while batch.len() < APPEND_BATCH_MESSAGES_MAX {
             let Ok(job) = rx.try_recv() else { break };
-            let more = append_bytes(&job.request);
-            if !matches!(job.request, Request::Append { .. })
-                || bytes + more > APPEND_BATCH_BYTES_MAX
-            {
-                next = Some(job);
-                break;
+            match append_bytes(&job.request) {
+                Some(more) if bytes + more <= APPEND_BATCH_BYTES_MAX => {
+                    bytes += more;
+                    batch.push(job);
+                }
+                _ => {
+                    next = Some(job);
+                    break;
+                }
             }
-            bytes += more;
-            batch.push(job);
         }
         if batch.len() == 1 {
             if let Some(job) = batch.pop() {
@@ -157,10 +155,11 @@ async fn run(mut rx: mpsc::Receiver<Job>, bus: BusClient, metrics: Arc<IngestMet
     }
 }
 
-fn append_bytes(request: &Request) -> usize {
+/// An append's payload bytes; `None` for any other request (never batched).
+fn append_bytes(request: &Request) -> Option<usize> {
     match request {
-        Request::Append { payload, .. } => payload.len(),
-        _ => 0,
+        Request::Append { payload, .. } => Some(payload.len()),
+        _ => None,
     }
 }
 
@@ -177,6 +176,7 @@ async fn submit_batch(bus: &BusClient, batch: Vec<Job>) {
     let timeout = batch.iter().map(|j| j.timeout).min().unwrap_or_default();
     let mut waiting = Vec::with_capacity(batch.len());
     let mut appends = Vec::with_capacity(batch.len());
+    // `run` batches appends only.
     for job in batch {
         if let Request::Append { stream, payload } = job.request {
             appends.push(AppendEntry { stream, payload });

@@ -2,7 +2,8 @@
 //!
 //! One thread. Each round takes every waiting request (up to
 //! `ROUND_REQUESTS_MAX`), stores all appends of the round (an `AppendBatch`
-//! counts as its appends, answered together) in one write batch (one sync for the round when a `flushOnWrite` stream is in it: group
+//! counts as its appends, answered together) in one write batch (one sync
+//! for the round when a `flushOnWrite` stream is in it: group
 //! commit), answers them only after that, then serves reads, so a read sees the
 //! appends of its round. Long-poll reads and event watchers wait in bounded
 //! tables and are answered by appends or at their deadline, never later.
