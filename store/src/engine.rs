@@ -1153,6 +1153,11 @@ impl Engine {
         self.ledger.entries().count()
     }
 
+    /// Time changes have waited for the applier (back-pressure), since open.
+    pub fn applier_waited(&self) -> std::time::Duration {
+        self.writer.room_waited()
+    }
+
     /// The metrics of the streams and their exports (Prometheus families).
     pub fn metric_families(&self, now_ms: u64) -> Vec<bus_schema::metrics::MetricFamily> {
         use bus_schema::metrics::{MetricFamily, MetricKind::*};

@@ -944,6 +944,13 @@ impl StoreServer {
         );
         commit.histogram(&[], &self.engine.commit_seconds);
         out.push(commit);
+        let mut behind = MetricFamily::new(
+            "sm_store_applier_wait_seconds_total",
+            "Time changes waited for the store's applier to move what the log holds into fjall (back-pressure: the disk or fjall slower than the appends), since the store started.",
+            Counter,
+        );
+        behind.sample(&[], self.engine.applier_waited().as_secs_f64());
+        out.push(behind);
         let mut ledger = MetricFamily::new(
             "sm_store_loss_ledger_entries",
             "Entries in the loss ledger.",

@@ -878,6 +878,9 @@ pub struct Writer {
     buf: Vec<u8>,
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Time commits waited for room in the applier's queue
+    /// (back-pressure), since the writer started.
+    room_waited: std::time::Duration,
 }
 
 impl Writer {
@@ -920,6 +923,7 @@ impl Writer {
             buf: Vec::new(),
             shared,
             thread: Some(thread),
+            room_waited: std::time::Duration::ZERO,
         })
     }
 
@@ -1027,18 +1031,28 @@ impl Writer {
     /// hold at most [`APPLY_PENDING_BYTES_MAX`]. While the applier waits for
     /// disk space, the queue may go over its bound by the small changes
     /// [`Writer::reserve`] still lets through.
-    fn wait_for_room(&self, bytes: u64) -> Result<(), String> {
+    fn wait_for_room(&mut self, bytes: u64) -> Result<(), String> {
         let queued = &self.shared.queued_bytes;
         let unsealed = self
             .active_bytes
             .saturating_sub(self.chunk_bytes_from_active);
         let room = |q: u64| q == 0 || q + unsealed + bytes <= APPLY_PENDING_BYTES_MAX;
         if !room(queued.load(Ordering::SeqCst)) && !self.shared.disk_wait.load(Ordering::SeqCst) {
-            self.shared
-                .wait_until(|| room(queued.load(Ordering::SeqCst)))?;
+            let started = std::time::Instant::now();
+            let waited = self
+                .shared
+                .wait_until(|| room(queued.load(Ordering::SeqCst)));
+            self.room_waited += started.elapsed();
+            waited?;
         }
         queued.fetch_add(bytes, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Time commits have waited for the applier to catch up with the log
+    /// (back-pressure: fjall or the disk behind the appends).
+    pub fn room_waited(&self) -> std::time::Duration {
+        self.room_waited
     }
 
     /// Whether the active file is full: the engine then seals its open
@@ -1540,11 +1554,13 @@ mod tests {
             // is left unsealed: no wait.
             w.commit(WriteSet::default(), false).unwrap();
             w.commit(messages(1, 2 * MIB), false).unwrap();
+            assert_eq!(w.room_waited(), Duration::ZERO, "nothing waited yet");
             done.send("appended").unwrap();
             // 9 queued + 4 unsealed is past APPLY_PENDING_BYTES_MAX.
             w.commit(messages(2, 2 * MIB), false).unwrap();
             done.send("waited").unwrap();
             w.wait_applied().unwrap();
+            w.room_waited()
         });
         let step = |within: Duration| steps.recv_timeout(within);
         assert_eq!(step(Duration::from_secs(5)), Ok("rotated"));
@@ -1555,7 +1571,11 @@ mod tests {
         );
         drop(held);
         assert_eq!(step(Duration::from_secs(10)), Ok("waited"));
-        appender.join().unwrap();
+        let waited = appender.join().unwrap();
+        assert!(
+            waited >= Duration::from_millis(300),
+            "the wait is counted (the metric of back-pressure): {waited:?}"
+        );
     }
 
     #[test]

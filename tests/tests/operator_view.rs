@@ -149,6 +149,11 @@ fn metrics_status_and_logs_answer_where_the_data_is() {
     .unwrap();
     prom.wait_for("sm_store_commit_seconds_count", within, |s| value(s) > 0.0)
         .unwrap();
+    // 120 small appends never fill the applier's queue.
+    prom.wait_for("sm_store_applier_wait_seconds_total", within, |s| {
+        s.len() == 1 && value(s) == 0.0
+    })
+    .unwrap();
 
     // The page itself passes promtool's checks.
     let page = prometheus::http_get(metrics_port, "/metrics").unwrap();
