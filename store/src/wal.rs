@@ -307,12 +307,7 @@ impl Keyspaces {
     /// blob file) of its own, with fjall's ingestion: the chunk's bytes
     /// never go through fjall's journal or memtable.
     fn insert_chunk(&self, ks: &Keyspace, key: &[u8; 16], value: &Slice) -> Result<(), String> {
-        let mut ingestion = ks.start_ingestion().map_err(|e| e.to_string())?;
-        ingestion
-            .write(&key[..], value.clone())
-            .map_err(|e| e.to_string())?;
-        ingestion.finish().map_err(|e| e.to_string())?;
-        settle_levels(ks)
+        ingest_chunk(ks, key, value)
     }
 
     /// Seals each touched memtable that reached its size, here rather than
@@ -359,6 +354,18 @@ const VERSION_GC_WATERMARK: u64 = u64::MAX;
 
 /// Moves a level's tables down once it holds more than its bound (see
 /// [`LEVEL_TABLES_MAX`]), and lets fjall forget the versions before.
+/// Writes one chunk into a chunk keyspace as a table (and a blob file) of
+/// its own with fjall's ingestion, then moves full levels down (what the
+/// applier does for each sealed chunk; `store-bench ingest` measures it).
+pub fn ingest_chunk(ks: &Keyspace, key: &[u8; 16], value: &Slice) -> Result<(), String> {
+    let mut ingestion = ks.start_ingestion().map_err(|e| e.to_string())?;
+    ingestion
+        .write(&key[..], value.clone())
+        .map_err(|e| e.to_string())?;
+    ingestion.finish().map_err(|e| e.to_string())?;
+    settle_levels(ks)
+}
+
 fn settle_levels(ks: &Keyspace) -> Result<(), String> {
     use fjall::AbstractTree;
     for (level, &max) in LEVEL_TABLES_MAX.iter().enumerate() {

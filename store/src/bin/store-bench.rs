@@ -8,6 +8,15 @@
 //!   [--payload-bytes B] [--first-id I]`: appends N messages (ids from I) and prints `ack <id> <seq>` per
 //!   acknowledged append (payload = id as 8 bytes, then filler); stops a
 //!   worker at its first error (`err <id> <message>`). Used by crash tests.
+//! - `store-bench ingest [--dir DIR] [--streams S] [--chunks N] [--chunk-kib
+//!   K] [--random]`: the applier's part alone: N chunks of K KiB of 1 KiB
+//!   messages, round robin over S chunk keyspaces, each written as the
+//!   applier writes it (`wal::ingest_chunk`), one after the other on one
+//!   thread; prints chunks/s, MiB/s, the 1 KiB appends/s that is, and the
+//!   wall and CPU time per chunk. Defaults: a temporary directory under
+//!   /tmp, 10 streams, 1,000 chunks of 819 KiB (one 8 MiB log file shared by
+//!   10 streams), payloads of one repeated byte as `peer-bench` sends
+//!   (`--random`: incompressible ones).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,6 +37,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("run") => run_bench(args.iter().any(|a| a == "--quick")),
         Some("append") => append_cmd(&args[1..]),
+        Some("ingest") => ingest_cmd(&args[1..]),
         Some("fill") => {
             let root = PathBuf::from(flag(&args, "--root").context("--root is required")?);
             let count: u64 = flag(&args, "--count").context("--count is required")?.parse()?;
@@ -40,7 +50,7 @@ fn main() -> Result<()> {
             println!("{count} appends at {rate:.0}/s");
             Ok(())
         }
-        _ => bail!("usage: store-bench run [--quick] | store-bench append --root DIR --stream S --count N --concurrency C [--payload-bytes B] [--first-id I]"),
+        _ => bail!("usage: store-bench run [--quick] | store-bench append --root DIR --stream S --count N --concurrency C [--payload-bytes B] [--first-id I] | store-bench ingest [--dir DIR] [--streams S] [--chunks N] [--chunk-kib K] [--random]"),
     }
 }
 
@@ -345,6 +355,92 @@ fn raw_fjall_inserts(dir: &Path, n: u64) -> Result<(f64, String)> {
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     Ok((rate, cpu_delta(&before, &cpu_by_thread(std::process::id()))))
+}
+
+fn ingest_cmd(args: &[String]) -> Result<()> {
+    let num = |name: &str, default: u64| -> Result<u64> {
+        flag(args, name).map_or(Ok(default), |v| {
+            v.parse().with_context(|| format!("{name} takes a number"))
+        })
+    };
+    let streams = num("--streams", 10)?.max(1);
+    let chunks = num("--chunks", 1000)?;
+    let chunk_bytes = num("--chunk-kib", 819)? * 1024;
+    let random = args.iter().any(|a| a == "--random");
+    let own_dir = flag(args, "--dir").is_none();
+    let dir = flag(args, "--dir").map_or_else(
+        || std::env::temp_dir().join(format!("store-bench-ingest-{}", std::process::id())),
+        PathBuf::from,
+    );
+    let db = fjall::Database::builder(&dir)
+        .cache_size(store::engine::CACHE_BYTES)
+        .max_journaling_size(store::engine::JOURNAL_BYTES_MAX)
+        .max_cached_files(Some(store::engine::fjall_files_cached()))
+        .worker_threads(store::engine::WORKER_THREADS)
+        .open()?;
+    let keyspaces = (0..streams)
+        .map(|i| db.keyspace(&format!("bench-{i}"), store::engine::data_keyspace_options))
+        .collect::<fjall::Result<Vec<_>>>()?;
+    // Messages as a chunk holds them: [u64 ms][u32 length][1 KiB payload].
+    let per_chunk = (chunk_bytes / (12 + 1024)).max(1);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut value = Vec::with_capacity((per_chunk * (12 + 1024)) as usize);
+    let mut chunk = |value: &mut Vec<u8>| {
+        value.clear();
+        for _ in 0..per_chunk {
+            value.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+            value.extend_from_slice(&1024u32.to_le_bytes());
+            if random {
+                for _ in 0..128 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    value.extend_from_slice(&seed.to_le_bytes());
+                }
+            } else {
+                value.extend(std::iter::repeat_n(0x5a, 1024));
+            }
+        }
+        fjall::Slice::from(&value[..])
+    };
+    let before = cpu_by_thread(std::process::id());
+    let mut busy = Duration::ZERO;
+    let started = Instant::now();
+    for i in 0..chunks {
+        let v = chunk(&mut value);
+        let first = (i / streams) * per_chunk;
+        let key = store::keys::chunk_key(first, first + per_chunk - 1);
+        let t = Instant::now();
+        store::wal::ingest_chunk(&keyspaces[(i % streams) as usize], &key, &v)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        busy += t.elapsed();
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_delta(&before, &cpu_by_thread(std::process::id()));
+    let mib = (chunks * per_chunk * 1024) as f64 / (1 << 20) as f64;
+    println!(
+        "{chunks} chunks of {per_chunk} messages of 1 KiB ({}), {streams} streams, on {}",
+        if random {
+            "random"
+        } else {
+            "one repeated byte"
+        },
+        dir.display()
+    );
+    println!(
+        "{:.0} chunks/s, {:.1} MiB/s of payload = {:.0} appends/s of 1 KiB; {:.2} ms per chunk ingesting",
+        chunks as f64 / wall,
+        mib / wall,
+        (chunks * per_chunk) as f64 / wall,
+        busy.as_secs_f64() * 1e3 / chunks as f64
+    );
+    println!("CPU by thread: {cpu}");
+    drop(keyspaces);
+    drop(db);
+    if own_dir {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
 }
 
 fn run_bench(quick: bool) -> Result<()> {
