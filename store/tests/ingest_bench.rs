@@ -42,3 +42,24 @@ fn the_ingestion_benchmark_writes_its_chunks_and_reports_a_rate() {
         .sum();
     assert_eq!(blob_files, 6, "{stdout}");
 }
+
+#[test]
+fn the_ingestion_benchmark_refuses_settings_out_of_range_and_leaves_nothing() {
+    for (flag, value, says) in [
+        ("--streams", "0", "--streams takes 1 to 900"),
+        ("--streams", "901", "--streams takes 1 to 900"),
+        ("--chunk-kib", "1", "--chunk-kib takes 2 to 65536"),
+        ("--chunks", "many", "--chunks takes a number"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_store-bench"))
+            .args(["ingest", flag, value, "--dir"])
+            .arg(dir.path().join("db"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value}");
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+        assert!(!dir.path().join("db").exists(), "{flag} {value}");
+    }
+}

@@ -363,16 +363,43 @@ fn ingest_cmd(args: &[String]) -> Result<()> {
             v.parse().with_context(|| format!("{name} takes a number"))
         })
     };
-    let streams = num("--streams", 10)?.max(1);
+    let streams = num("--streams", 10)?;
     let chunks = num("--chunks", 1000)?;
-    let chunk_bytes = num("--chunk-kib", 819)? * 1024;
+    let chunk_kib = num("--chunk-kib", 819)?;
+    // What the store itself allows: File streams, and the value fjall takes.
+    let max_streams = store::engine::FILE_STREAMS_MAX as u64;
+    if !(1..=max_streams).contains(&streams) {
+        bail!("--streams takes 1 to {max_streams}");
+    }
+    if !(2..=INGEST_CHUNK_KIB_MAX).contains(&chunk_kib) {
+        bail!("--chunk-kib takes 2 to {INGEST_CHUNK_KIB_MAX}");
+    }
+    let chunk_bytes = chunk_kib * 1024;
     let random = args.iter().any(|a| a == "--random");
     let own_dir = flag(args, "--dir").is_none();
     let dir = flag(args, "--dir").map_or_else(
         || std::env::temp_dir().join(format!("store-bench-ingest-{}", std::process::id())),
         PathBuf::from,
     );
-    let db = fjall::Database::builder(&dir)
+    let measured = ingest_into(&dir, streams, chunks, chunk_bytes, random);
+    // The directory goes even when the run failed part-way.
+    if own_dir {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    measured
+}
+
+/// Chunks in `store-bench ingest` hold at most this many KiB.
+const INGEST_CHUNK_KIB_MAX: u64 = 64 * 1024;
+
+fn ingest_into(
+    dir: &Path,
+    streams: u64,
+    chunks: u64,
+    chunk_bytes: u64,
+    random: bool,
+) -> Result<()> {
+    let db = fjall::Database::builder(dir)
         .cache_size(store::engine::CACHE_BYTES)
         .max_journaling_size(store::engine::JOURNAL_BYTES_MAX)
         .max_cached_files(Some(store::engine::fjall_files_cached()))
@@ -435,11 +462,6 @@ fn ingest_cmd(args: &[String]) -> Result<()> {
         busy.as_secs_f64() * 1e3 / chunks as f64
     );
     println!("CPU by thread: {cpu}");
-    drop(keyspaces);
-    drop(db);
-    if own_dir {
-        std::fs::remove_dir_all(&dir)?;
-    }
     Ok(())
 }
 
