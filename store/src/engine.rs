@@ -105,6 +105,24 @@ pub fn fjall_files_cached() -> usize {
     (quarter.min(FJALL_FILES_CACHED_MAX as u64) as usize).max(FJALL_FILES_CACHED_MIN)
 }
 
+/// The fjall database with the store's settings (also what `store-bench`
+/// measures).
+pub fn database_builder(dir: &Path) -> fjall::DatabaseBuilder<Database> {
+    Database::builder(dir)
+        .cache_size(CACHE_BYTES)
+        .max_journaling_size(JOURNAL_BYTES_MAX)
+        // A bounded descriptor cache: without one, fjall 3.1.13 keeps every
+        // table and blob file open for as long as it exists (two descriptors
+        // per 1 MiB chunk: a 2 GiB backlog is 4,000 descriptors, and a store
+        // limited to 1,024 failed with "Too many open files" after about
+        // 500 MiB and could not reopen). Files of trimmed chunks and of
+        // deleted streams leave the cache when fjall removes them (the
+        // applier drops a deleted stream's chunks before its keyspace, see
+        // `wal`).
+        .max_cached_files(Some(fjall_files_cached()))
+        .worker_threads(WORKER_THREADS)
+}
+
 /// Options of a stream's chunk keyspace. Chunks are only ever range-scanned,
 /// so no bloom filters are built, and no index block is pinned in memory:
 /// memory stays bounded by the memtables and the block cache whatever the
@@ -891,19 +909,7 @@ impl Engine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(fail(format!("removing {}: {e}", reserve.display()))),
         }
-        let db = Database::builder(dir)
-            .cache_size(CACHE_BYTES)
-            .max_journaling_size(JOURNAL_BYTES_MAX)
-            // A bounded descriptor cache: without one, fjall 3.1.13 keeps
-            // every table and blob file open for as long as it exists (two
-            // descriptors per 1 MiB chunk: a 2 GiB backlog is 4,000
-            // descriptors, and a store limited to 1,024 failed with "Too
-            // many open files" after about 500 MiB and could not reopen).
-            // Files of trimmed chunks and of deleted streams leave the cache
-            // when fjall removes them (the applier drops a deleted stream's
-            // chunks before its keyspace, see `wal`).
-            .max_cached_files(Some(fjall_files_cached()))
-            .worker_threads(WORKER_THREADS)
+        let db = database_builder(dir)
             .open()
             .map_err(|e| fail(e.to_string()))?;
         let small = || KeyspaceCreateOptions::default().max_memtable_size(FJALL_MEMTABLE_BYTES);

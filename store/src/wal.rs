@@ -303,13 +303,6 @@ impl Keyspaces {
         self.rotate_full(touched)
     }
 
-    /// Writes a sealed chunk into its stream's keyspace as a table (and a
-    /// blob file) of its own, with fjall's ingestion: the chunk's bytes
-    /// never go through fjall's journal or memtable.
-    fn insert_chunk(&self, ks: &Keyspace, key: &[u8; 16], value: &Slice) -> Result<(), String> {
-        ingest_chunk(ks, key, value)
-    }
-
     /// Seals each touched memtable that reached its size, here rather than
     /// in fjall's workers. fjall 3.1.13 asks its workers to rotate with one
     /// queue message per commit for as long as a memtable is over its size,
@@ -352,11 +345,10 @@ pub const LEVEL_TABLES_MAX: [usize; 3] = [16, 512, 16_384];
 /// (5 MiB with this watermark).
 const VERSION_GC_WATERMARK: u64 = u64::MAX;
 
-/// Moves a level's tables down once it holds more than its bound (see
-/// [`LEVEL_TABLES_MAX`]), and lets fjall forget the versions before.
-/// Writes one chunk into a chunk keyspace as a table (and a blob file) of
-/// its own with fjall's ingestion, then moves full levels down (what the
-/// applier does for each sealed chunk; `store-bench ingest` measures it).
+/// Writes a sealed chunk into its stream's keyspace as a table (and a blob
+/// file) of its own, with fjall's ingestion (the chunk's bytes never go
+/// through fjall's journal or memtable), then moves full levels down: what
+/// the applier does for each chunk (`store-bench ingest` measures it).
 pub fn ingest_chunk(ks: &Keyspace, key: &[u8; 16], value: &Slice) -> Result<(), String> {
     let mut ingestion = ks.start_ingestion().map_err(|e| e.to_string())?;
     ingestion
@@ -366,6 +358,8 @@ pub fn ingest_chunk(ks: &Keyspace, key: &[u8; 16], value: &Slice) -> Result<(), 
     settle_levels(ks)
 }
 
+/// Moves a level's tables down once it holds more than its bound (see
+/// [`LEVEL_TABLES_MAX`]), and lets fjall forget the versions before.
 fn settle_levels(ks: &Keyspace) -> Result<(), String> {
     use fjall::AbstractTree;
     for (level, &max) in LEVEL_TABLES_MAX.iter().enumerate() {
@@ -1387,7 +1381,7 @@ fn apply_jobs(ks: &Keyspaces, dir: &Path, shared: &Shared, dirty: &AtomicBool) {
                 ks: stream_ks,
                 key,
                 value,
-            } => ks.insert_chunk(&stream_ks, &key, &value).map(|()| {
+            } => ingest_chunk(&stream_ks, &key, &value).map(|()| {
                 dirty.store(true, Ordering::SeqCst);
                 shared.chunks_done.store(number, Ordering::SeqCst);
                 shared

@@ -399,12 +399,7 @@ fn ingest_into(
     chunk_bytes: u64,
     random: bool,
 ) -> Result<()> {
-    let db = fjall::Database::builder(dir)
-        .cache_size(store::engine::CACHE_BYTES)
-        .max_journaling_size(store::engine::JOURNAL_BYTES_MAX)
-        .max_cached_files(Some(store::engine::fjall_files_cached()))
-        .worker_threads(store::engine::WORKER_THREADS)
-        .open()?;
+    let db = store::engine::database_builder(dir).open()?;
     let keyspaces = (0..streams)
         .map(|i| db.keyspace(&format!("bench-{i}"), store::engine::data_keyspace_options))
         .collect::<fjall::Result<Vec<_>>>()?;
